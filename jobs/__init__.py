@@ -1,0 +1,1 @@
+"""Driver side of infer-dogs: CLI, listing, Spark session, writing, aggregation, reports."""

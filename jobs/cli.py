@@ -1,0 +1,175 @@
+"""Command line and config file -> one validated `Settings` (driver side, before Spark starts).
+
+Every option has one spelling: the CLI flag `--batch-size` is the config key `batch_size` (or
+`batch-size`) in a JSON or TOML file given with `--config`; the command line wins over the file.
+Bad input raises `UsageError`, which `jobs.infer_dogs.main` turns into one line on stderr and
+exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from udfs.settings import PRECISIONS, WRITE_MODES, S3Options, Settings
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 clusters
+    import tomli as tomllib
+
+EXIT_USAGE = 2
+S3_FLAGS = {
+    "s3_endpoint_url": "endpoint_url",
+    "s3_anonymous": "anonymous",
+    "s3_region": "region",
+    "s3_retry_mode": "retry_mode",
+    "s3_max_attempts": "max_attempts",
+}
+
+
+class UsageError(ValueError):
+    """Bad arguments, config or input: reported as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse would print the usage block and exit
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="infer-dogs",
+        description=(
+            "Classify every image under INPUT (s3://bucket/prefix/ or a local folder) with a "
+            "torchvision model on Spark executors (GPU when Spark assigns one, else CPU), and "
+            "write predictions/, per_class_accuracy/ (Parquet) and summary.json under OUTPUT. "
+            "Truth comes from Stanford-Dogs folder names <wnid>-<Breed>; a prediction is "
+            "correct when its WordNet id equals the folder's."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    io = parser.add_argument_group("input and output")
+    io.add_argument("--input", help="s3://bucket/prefix/, s3a://..., a local folder or file:// URI (required)")
+    io.add_argument("--output", help="run directory: local path, file://, hdfs://, s3:// or dbfs:/ where the cluster can write (required)")
+    io.add_argument("--mode", choices=WRITE_MODES, default="error",
+                    help="what to do when OUTPUT already holds a run: stop with an error, or replace it")
+    io.add_argument("--limit", type=int, default=None, help="score only the first N images (in listing order)")
+    io.add_argument("--label-map", default=None,
+                    help="CSV with columns label,wnid giving the truth for folders not named <wnid>-<Breed>")
+    io.add_argument("--config", default=None, help="JSON or TOML file with the same keys as these flags; flags win")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", default="resnet50", help="any torchvision classification model name")
+    model.add_argument("--weights", default=None,
+                       help="state dict file (local path or s3:// URI), loaded with weights_only=True; "
+                            "default: torchvision's DEFAULT weights, downloaded once on the driver")
+    model.add_argument("--random-weights", type=int, default=None, metavar="SEED",
+                       help="seeded random weights, for tests and offline demos only: predictions are meaningless")
+    model.add_argument("--top-k", type=int, default=5, help="how many classes to keep per image")
+    model.add_argument("--precision", choices=PRECISIONS, default="auto",
+                       help="autocast precision; auto = fp16 on CUDA, fp32 on CPU")
+    model.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                       help="keep NCHW memory layout (channels_last is faster for convolutions)")
+
+    perf = parser.add_argument_group("performance")
+    perf.add_argument("--batch-size", type=int, default=16, help="images per model forward pass")
+    perf.add_argument("--arrow-batch-size", type=int, default=256,
+                      help="paths per Arrow batch handed to the UDF (spark.sql.execution.arrow.maxRecordsPerBatch)")
+    perf.add_argument("--decode-threads", type=int, default=4, help="fetch+decode threads per Python worker")
+    perf.add_argument("--torch-threads", type=int, default=None,
+                      help="torch intra-op threads per task (default: Spark's spark.task.cpus)")
+    perf.add_argument("--tasks-per-slot", type=int, default=3, help="scoring partitions per executor core")
+    perf.add_argument("--max-image-bytes", type=int, default=64 * 1024 * 1024,
+                      help="objects larger than this are not read (error_kind too_large)")
+    perf.add_argument("--master", default=None,
+                      help="Spark master when not set by spark-submit (default local[*])")
+
+    s3 = parser.add_argument_group("S3")
+    s3.add_argument("--s3-endpoint-url", default=None, help="custom S3 endpoint (MinIO, moto, a VPC endpoint)")
+    s3.add_argument("--s3-anonymous", action="store_true", help="unsigned requests, for public buckets")
+    s3.add_argument("--s3-region", default=None, help="S3 region (default: boto3's own resolution)")
+    s3.add_argument("--s3-retry-mode", choices=("standard", "adaptive", "legacy"), default="adaptive",
+                    help="boto3 retry mode")
+    s3.add_argument("--s3-max-attempts", type=int, default=10, help="boto3 max attempts per request")
+    return parser
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """Keys of a JSON or TOML config, normalised to the flags' dest names."""
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"config file not found: {path}")
+    try:
+        if file.suffix.lower() == ".toml":
+            data = tomllib.loads(file.read_text())
+        else:
+            data = json.loads(file.read_text())
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"cannot parse config file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise UsageError(f"config file {path} must hold a table/object of settings")
+    return {key.replace("-", "_"): value for key, value in data.items()}
+
+
+def parse_settings(argv: Optional[Sequence[str]] = None) -> Settings:
+    """CLI (+ config file) -> validated Settings. Raises UsageError."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config:
+        config = load_config_file(args.config)
+        known = {action.dest for action in parser._actions} - {"help", "config"}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise UsageError(f"unknown key(s) in {args.config}: {', '.join(unknown)}")
+        parser.set_defaults(**config)
+        args = parser.parse_args(argv)
+    return settings_from_args(args)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    values = vars(args)
+    s3 = S3Options(**{field: values[flag] for flag, field in S3_FLAGS.items()})
+    names = {f.name for f in fields(Settings)} - {"s3", "weights_source", "run_id"}
+    settings = Settings(**{name: values[name] for name in names if name in values}, s3=s3)
+    validate(settings)
+    return settings
+
+
+def validate(settings: Settings) -> None:
+    from udfs.model import classification_models
+    from udfs.storage import is_s3_uri, local_path
+
+    if not settings.input:
+        raise UsageError("--input is required (s3://bucket/prefix/ or a local folder)")
+    if not settings.output:
+        raise UsageError("--output is required (the run directory)")
+    if not is_s3_uri(settings.input) and not local_path(settings.input).exists():
+        raise UsageError(f"input folder not found: {settings.input}")
+    if settings.model not in classification_models():
+        raise UsageError(f"unknown torchvision classification model {settings.model!r} "
+                         "(see torchvision.models.list_models(module=torchvision.models))")
+    if settings.weights and settings.random_weights is not None:
+        raise UsageError("--weights and --random-weights exclude each other")
+    if settings.label_map and not Path(settings.label_map).is_file():
+        raise UsageError(f"label map not found: {settings.label_map}")
+    positive = ("batch_size", "arrow_batch_size", "top_k", "decode_threads", "tasks_per_slot",
+                "max_image_bytes")
+    for name in positive:
+        if getattr(settings, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("limit", "torch_threads"):
+        if getattr(settings, name) is not None and getattr(settings, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if settings.mode not in WRITE_MODES:
+        raise UsageError(f"--mode must be one of {', '.join(WRITE_MODES)}")
+    if settings.precision not in PRECISIONS:
+        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}")
+    if settings.s3.max_attempts < 1:
+        raise UsageError("--s3-max-attempts must be at least 1")
+    if settings.top_k > 1000:
+        raise UsageError("--top-k must be at most 1000")

@@ -1,0 +1,163 @@
+"""infer-dogs: score a folder tree of images with a torchvision model on Spark.
+
+    spark-submit jobs/infer_dogs.py --input s3://bucket/dogs/Images/ --output /data/run1
+    python -m jobs.infer_dogs ...        infer-dogs ...        (same flags; --help lists them)
+
+`main()` reads as the run: parse and validate settings, list the images, start Spark, resolve
+the weights, score the images on the executors and write the predictions, aggregate per class,
+write the summary. Exit codes: 0 done, 1 the job failed, 2 bad arguments or input.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+try:
+    from jobs.cli import EXIT_USAGE, UsageError, parse_settings
+except ModuleNotFoundError as missing:  # spark-submit puts jobs/ on sys.path, not the project root
+    sys.exit(f"infer-dogs: error: cannot import the project ({missing}); install it with "
+             "`pip install -e .` (or ship it with --py-files / spark.archives) before spark-submit")
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jobs.listing import Listing, ListingError, list_images
+from jobs.outputs import OutputExistsError, RunPaths, prepare_output, write_parquet, write_summary
+from jobs.per_class import overall_counts, per_class_accuracy
+from jobs.spark_session import configure_session, scoring_partitions, start_spark
+from jobs.summary import build_summary, format_per_class, format_summary
+from udfs.model import WeightsError, resolve_weights
+from udfs.schema import IMAGES_SCHEMA, SCORED_SCHEMA
+from udfs.scoring_udf import make_score_fn
+from udfs.settings import Settings
+from udfs.task_log import RecordListParam
+
+log = logging.getLogger("infer_dogs")
+EXIT_FAILED = 1
+_weights_dir: Optional[Path] = None
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+def weights_workdir() -> Path:
+    """One folder per driver process: Spark refuses the same file name from two paths."""
+    global _weights_dir
+    if _weights_dir is None:
+        _weights_dir = Path(tempfile.mkdtemp(prefix="infer-dogs-weights-"))
+    return _weights_dir
+
+
+def ship_weights(spark: SparkSession, settings: Settings) -> Settings:
+    """Resolve the weights on the driver once and ship the file to every executor."""
+    source, path = resolve_weights(
+        settings.model, settings.weights, settings.random_weights, weights_workdir(), settings.s3
+    )
+    spark.sparkContext.addFile(str(path))
+    if source.is_random:
+        log.warning("using RANDOM weights (seed %s): predictions are meaningless", source.seed)
+    log.info("weights %s (sha256 %s)", source.description, source.sha256[:16])
+    return settings.with_weights_source(source)
+
+
+def score_images(spark: SparkSession, settings: Settings, images, task_log) -> DataFrame:
+    """The lazy predictions DataFrame: paths spread over the slots, scored by the UDF."""
+    frame = spark.createDataFrame(images, schema=IMAGES_SCHEMA)
+    frame = frame.repartition(scoring_partitions(spark, len(images), settings.tasks_per_slot))
+    scored = frame.mapInPandas(make_score_fn(settings, task_log), SCORED_SCHEMA)
+    return scored.select(
+        *SCORED_SCHEMA.fieldNames(),
+        F.lit(settings.model).alias("model"),
+        F.lit(settings.weights_source.sha256).alias("weights_sha256"),
+        F.lit(settings.run_id).alias("run_id"),
+    )
+
+
+def run_job(spark: SparkSession, settings: Settings, listing: Listing,
+            timings: Optional[dict[str, float]] = None) -> dict[str, Any]:
+    """Everything after listing, on a running Spark; returns the summary (also written)."""
+    timings = dict(timings or {})
+    started = time.perf_counter()
+    paths = RunPaths(settings.output)
+    configure_session(spark, settings)
+    settings = settings.with_run_id(settings.run_id or new_run_id())
+    prepare_output(spark, paths, settings.mode)
+    settings = ship_weights(spark, settings)
+    timings["weights"] = time.perf_counter() - started
+
+    step = time.perf_counter()
+    task_log = spark.sparkContext.accumulator([], RecordListParam())
+    write_parquet(score_images(spark, settings, listing.images, task_log), paths.predictions)
+    timings["score_and_write_predictions"] = time.perf_counter() - step
+
+    step = time.perf_counter()
+    predictions = spark.read.parquet(paths.predictions)  # aggregate the written rows: no re-scoring
+    write_parquet(per_class_accuracy(predictions), paths.per_class)
+    totals = overall_counts(predictions)
+    timings["aggregate"] = time.perf_counter() - step
+    timings["total"] = sum(timings.values())
+
+    summary = build_summary(
+        settings,
+        totals,
+        {"listed": listing.total_images, "skipped_non_image": listing.skipped_non_image},
+        list(task_log.value),
+        timings,
+        {"version": spark.version, "master": spark.sparkContext.master,
+         "default_parallelism": spark.sparkContext.defaultParallelism},
+        {"predictions": paths.predictions, "per_class_accuracy": paths.per_class, "summary": paths.summary},
+    )
+    write_summary(spark, paths, summary)
+    return summary
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("py4j", "botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    configure_logging()
+    started = time.perf_counter()
+    try:
+        settings = parse_settings(argv)
+        listing = list_images(settings)
+    except (UsageError, ListingError) as exc:
+        print(f"infer-dogs: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    log.info("listed %d images (%d non-image objects skipped)", len(listing.images), listing.skipped_non_image)
+    timings = {"listing": time.perf_counter() - started}
+
+    step = time.perf_counter()
+    spark = start_spark(settings)
+    timings["spark_start"] = time.perf_counter() - step
+    try:
+        summary = run_job(spark, settings, listing, timings)
+        per_class = spark.read.parquet(summary["outputs"]["per_class_accuracy"]).toPandas()
+    except (OutputExistsError, WeightsError) as exc:
+        print(f"infer-dogs: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:  # the job failed: say so in one line, keep the traceback in the log
+        log.exception("the job failed")
+        print(f"infer-dogs: error: the job failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+              file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        spark.stop()
+    print(format_summary(summary))
+    print()
+    print(format_per_class(per_class))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Listing the input on the driver: S3 prefix or local folder -> one row per image.
+
+Only keys and sizes are listed here (boto3 list_objects_v2 paginator, top-level prefixes listed
+in parallel; `os.scandir` recursion locally); image bytes are read later on the executors.
+Truth comes from the parent folder name (`<wnid>-<Breed>`), or from `--label-map` for other
+folder names. Objects whose extension is not an image extension are skipped and counted: the
+summary reports them (`skipped_non_image`), so a prefix that also holds annotations or CSVs is
+scored cleanly. Content, not extension, decides how an image is decoded.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Iterator, Optional
+
+import pandas as pd
+from botocore.exceptions import BotoCoreError, ClientError
+
+from udfs.labels import truth_from_folder
+from udfs.schema import IMAGES_SCHEMA
+from udfs.settings import S3Options, Settings
+from udfs.storage import is_s3_uri, local_path, s3_client, split_s3_uri
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+LISTING_THREADS = 16
+
+
+class ListingError(Exception):
+    """The input cannot be listed or holds no images (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class Listing:
+    images: pd.DataFrame  # columns of IMAGES_SCHEMA, sorted by path
+    skipped_non_image: int
+    total_images: int  # before --limit
+
+
+def list_images(settings: Settings) -> Listing:
+    if is_s3_uri(settings.input):
+        entries = list_s3(settings.input, settings.s3)
+    else:
+        entries = list_local(settings.input)
+    label_map = read_label_map(settings.label_map) if settings.label_map else None
+    return build_listing(entries, label_map, settings.limit)
+
+
+def build_listing(
+    entries: Iterable[tuple[str, int]], label_map: Optional[dict[str, str]] = None, limit: Optional[int] = None
+) -> Listing:
+    """(path, size) pairs -> the images table (truth parsed from folder names)."""
+    rows, skipped = [], 0
+    for path, size in entries:
+        pure = PurePosixPath(path)
+        if pure.suffix.lower() not in IMAGE_EXTENSIONS:
+            skipped += 1
+            continue
+        wnid, label = truth_from_folder(pure.parent.name)
+        if wnid is None and label_map is not None:
+            wnid = label_map.get(label)
+        rows.append((path, pure.stem, wnid, label, size))
+    if not rows:
+        raise ListingError(f"no images found ({skipped} other objects skipped)")
+    images = pd.DataFrame(rows, columns=IMAGES_SCHEMA.fieldNames()).sort_values("path", ignore_index=True)
+    total = len(images)
+    if limit is not None:
+        images = images.head(limit).reset_index(drop=True)
+    return Listing(images=images, skipped_non_image=skipped, total_images=total)
+
+
+def read_label_map(path: str) -> dict[str, str]:
+    """CSV `label,wnid` -> {label: wnid}."""
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or not {"label", "wnid"} <= set(reader.fieldnames):
+            raise ListingError(f"label map {path} needs the columns label,wnid")
+        return {row["label"]: row["wnid"] for row in reader}
+
+
+def list_local(root: str) -> Iterator[tuple[str, int]]:
+    """Absolute paths and sizes of every file under `root` (symlinked folders not followed)."""
+    base = local_path(root)
+    if not base.is_dir():
+        raise ListingError(f"input folder not found: {root}")
+    stack = [base.resolve()]
+    while stack:
+        folder = stack.pop()
+        with os.scandir(folder) as scan:
+            for entry in scan:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                elif entry.is_file():
+                    yield entry.path, entry.stat().st_size
+
+
+def list_s3(uri: str, options: S3Options) -> list[tuple[str, int]]:
+    """Every object under the prefix, as `s3://bucket/key` URIs with sizes.
+
+    The first level below the prefix is listed with a delimiter, then each sub-prefix (for
+    Stanford Dogs: each breed folder) is paginated in its own thread.
+    """
+    bucket, prefix = split_s3_uri(uri)
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    scheme = uri.split("://", 1)[0]
+    client = s3_client(options)
+    try:
+        top_objects, sub_prefixes = _list_level(client, bucket, prefix)
+        with ThreadPoolExecutor(max_workers=LISTING_THREADS) as pool:
+            nested = list(pool.map(lambda sub: list(_list_all(client, bucket, sub)), sub_prefixes))
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        raise ListingError(f"cannot list {uri}: {code or exc}") from exc
+    except BotoCoreError as exc:
+        raise ListingError(f"cannot list {uri}: {exc}") from exc
+    objects = top_objects + [item for chunk in nested for item in chunk]
+    return [(f"{scheme}://{bucket}/{key}", size) for key, size in objects]
+
+
+def _list_level(client, bucket: str, prefix: str) -> tuple[list[tuple[str, int]], list[str]]:
+    objects, prefixes = [], []
+    paginator = client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+        objects.extend((item["Key"], item["Size"]) for item in page.get("Contents", []))
+        prefixes.extend(item["Prefix"] for item in page.get("CommonPrefixes", []))
+    return objects, prefixes
+
+
+def _list_all(client, bucket: str, prefix: str) -> Iterator[tuple[str, int]]:
+    paginator = client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            if not item["Key"].endswith("/"):
+                yield item["Key"], item["Size"]

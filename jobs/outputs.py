@@ -1,0 +1,114 @@
+"""Where a run's outputs go and how they are written (driver side).
+
+A run directory holds `predictions/` and `per_class_accuracy/` (Parquet, written by Spark with
+its commit protocol) and `summary.json`, written last and atomically (temporary file, then
+rename): a run directory without `summary.json` is incomplete. File operations go through
+Hadoop's FileSystem API from the driver's JVM, so the same code serves local paths, HDFS,
+`s3://` on EMR, `s3a://` and `dbfs:/` wherever the cluster has the connector.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+
+
+class OutputExistsError(Exception):
+    """OUTPUT already holds a run and --mode is error (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: str
+
+    def _join(self, name: str) -> str:
+        return f"{self.root.rstrip('/')}/{name}"
+
+    @property
+    def predictions(self) -> str:
+        return self._join("predictions")
+
+    @property
+    def per_class(self) -> str:
+        return self._join("per_class_accuracy")
+
+    @property
+    def summary(self) -> str:
+        return self._join("summary.json")
+
+    def entries(self) -> tuple[str, ...]:
+        return (self.predictions, self.per_class, self.summary)
+
+
+class HadoopFiles:
+    """A few FileSystem calls through the driver's JVM."""
+
+    def __init__(self, spark: SparkSession):
+        self._jvm = spark.sparkContext._jvm
+        self._conf = spark.sparkContext._jsc.hadoopConfiguration()
+
+    def _fs_path(self, uri: str):
+        path = self._jvm.org.apache.hadoop.fs.Path(uri)
+        return path.getFileSystem(self._conf), path
+
+    def exists(self, uri: str) -> bool:
+        fs, path = self._fs_path(uri)
+        return bool(fs.exists(path))
+
+    def delete(self, uri: str) -> None:
+        fs, path = self._fs_path(uri)
+        if fs.exists(path):
+            fs.delete(path, True)
+
+    def read_text(self, uri: str) -> str:
+        fs, path = self._fs_path(uri)
+        stream = fs.open(path)
+        try:
+            reader = self._jvm.java.io.BufferedReader(self._jvm.java.io.InputStreamReader(stream, "UTF-8"))
+            lines = []
+            line = reader.readLine()
+            while line is not None:
+                lines.append(line)
+                line = reader.readLine()
+            return "\n".join(lines)
+        finally:
+            stream.close()
+
+    def write_text_atomically(self, uri: str, text: str) -> None:
+        fs, path = self._fs_path(uri)
+        temporary = self._jvm.org.apache.hadoop.fs.Path(path.getParent(), f"_{path.getName()}.tmp")
+        stream = fs.create(temporary, True)
+        try:
+            stream.write(bytearray(text.encode("utf-8")))
+        finally:
+            stream.close()
+        if fs.exists(path):
+            fs.delete(path, False)
+        if not fs.rename(temporary, path):
+            raise OSError(f"could not rename {temporary} to {uri}")
+
+
+def prepare_output(spark: SparkSession, paths: RunPaths, mode: str) -> None:
+    """Refuse (mode error) or clear (mode overwrite) a run already in OUTPUT."""
+    files = HadoopFiles(spark)
+    existing = [uri for uri in paths.entries() if files.exists(uri)]
+    if not existing:
+        return
+    if mode == "error":
+        raise OutputExistsError(
+            f"{paths.root} already holds a run ({', '.join(e.rsplit('/', 1)[1] for e in existing)}); "
+            "use --mode overwrite to replace it or choose another --output"
+        )
+    for uri in existing:
+        files.delete(uri)
+
+
+def write_parquet(frame: DataFrame, uri: str) -> None:
+    frame.write.mode("error").parquet(uri)
+
+
+def write_summary(spark: SparkSession, paths: RunPaths, summary: dict[str, Any]) -> None:
+    HadoopFiles(spark).write_text_atomically(paths.summary, json.dumps(summary, indent=2, sort_keys=False) + "\n")

@@ -1,0 +1,60 @@
+"""Starting Spark for the job with the settings scoring depends on.
+
+Values given by spark-submit (`--conf`, spark-defaults.conf, a platform's cluster config) win;
+the job only fills in what is unset: Python worker reuse (the model stays loaded between
+tasks), Arrow, `maxRecordsPerBatch` sized for paths, no locality wait (input is remote), and,
+in local modes, the driver's own interpreter for the Python workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from pyspark import SparkConf, SparkContext
+from pyspark.sql import SparkSession
+
+from udfs.settings import Settings
+
+log = logging.getLogger(__name__)
+
+JOB_DEFAULTS = {
+    "spark.python.worker.reuse": "true",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.locality.wait": "0s",
+    "spark.ui.showConsoleProgress": "false",
+}
+
+
+def start_spark(settings: Settings, app_name: str = "infer-dogs") -> SparkSession:
+    # Connect to (or launch) the JVM first so that SparkConf sees what spark-submit set.
+    SparkContext._ensure_initialized()
+    submitted = SparkConf()
+    builder = SparkSession.builder.appName(app_name)
+    master = submitted.get("spark.master", None)
+    if master is None:
+        master = settings.master or "local[*]"
+        builder = builder.master(master)
+    for key, value in JOB_DEFAULTS.items():
+        if not submitted.contains(key):
+            builder = builder.config(key, value)
+    if master.startswith("local") and "PYSPARK_PYTHON" not in os.environ:
+        # PySpark starts Python workers with PYSPARK_PYTHON (else `python3` on PATH, which may
+        # lack torch). On one machine the driver's own interpreter is the right one.
+        os.environ["PYSPARK_PYTHON"] = submitted.get("spark.pyspark.python", sys.executable)
+    spark = builder.getOrCreate()
+    configure_session(spark, settings)
+    log.info("Spark %s, master %s, default parallelism %d", spark.version, master, spark.sparkContext.defaultParallelism)
+    return spark
+
+
+def configure_session(spark: SparkSession, settings: Settings) -> None:
+    """Runtime (SQL) settings, also applied to a session the caller already had."""
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(settings.arrow_batch_size))
+
+
+def scoring_partitions(spark: SparkSession, n_images: int, tasks_per_slot: int) -> int:
+    """Several tasks per executor slot (balance, retries stay cheap), never more than images."""
+    slots = max(1, spark.sparkContext.defaultParallelism)
+    return max(1, min(n_images, slots * tasks_per_slot))

@@ -1,0 +1,140 @@
+"""The run summary: one dict for `summary.json`, and the text printed at the end of a run."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Iterable, Optional
+
+import pandas as pd
+
+from udfs.settings import Settings
+
+RANDOM_WEIGHTS_WARNING = (
+    "RANDOM WEIGHTS: this run used a seeded random model (--random-weights); "
+    "its predictions and accuracy numbers are meaningless and exist only to test the pipeline."
+)
+
+
+def worker_report(task_records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per Python worker process: where it ran, its device, builds, tasks, images."""
+    workers: dict[tuple, dict[str, Any]] = {}
+    for record in task_records:
+        key = (record["host"], record["pid"])
+        worker = workers.setdefault(key, {
+            "host": record["host"], "pid": record["pid"], "executor_pid": record["executor_pid"],
+            "devices": set(), "gpu_addresses": set(), "model_builds": 0, "tasks": 0, "images": 0,
+        })
+        worker["devices"].add(record["device"])
+        worker["gpu_addresses"].update(record["gpu_addresses"])
+        worker["model_builds"] += int(record["model_built"])
+        worker["tasks"] += 1
+        worker["images"] += record["images"]
+    report = []
+    for worker in sorted(workers.values(), key=lambda w: (w["host"], w["executor_pid"], w["pid"])):
+        worker["devices"] = sorted(worker["devices"])
+        worker["gpu_addresses"] = sorted(worker["gpu_addresses"])
+        report.append(worker)
+    return report
+
+
+def inference_span(task_records: list[dict[str, Any]]) -> Optional[float]:
+    """Wall time from the first scoring task's start to the last one's end."""
+    if not task_records:
+        return None
+    return max(r["finished"] for r in task_records) - min(r["started"] for r in task_records)
+
+
+def build_summary(
+    settings: Settings,
+    totals: dict[str, Any],
+    listing_counts: dict[str, int],
+    task_records: list[dict[str, Any]],
+    timings: dict[str, float],
+    spark_info: dict[str, Any],
+    outputs: dict[str, str],
+) -> dict[str, Any]:
+    source = settings.weights_source
+    workers = worker_report(task_records)
+    inference_s = inference_span(task_records)
+    images = totals["images"]
+    accuracy_note = None
+    if totals["with_truth"] == 0:
+        accuracy_note = ("no image had a known truth (folders are not named <wnid>-<Breed> and no "
+                         "--label-map was given, or the model's classes are not ImageNet-1k)")
+    summary = {
+        "run_id": settings.run_id,
+        "status": "complete",
+        "warning": RANDOM_WEIGHTS_WARNING if source.is_random else None,
+        "input": settings.input,
+        "outputs": outputs,
+        "model": settings.model,
+        "weights": {"kind": source.kind, "description": source.description, "sha256": source.sha256,
+                    "seed": source.seed},
+        "random_weights": source.is_random,
+        "devices": sorted({d for w in workers for d in w["devices"]}),
+        "model_builds": sum(w["model_builds"] for w in workers),
+        "workers": workers,
+        "counts": {**listing_counts, "images": images, "scored": totals["scored"], "errors": totals["errors"],
+                   "with_truth": totals["with_truth"]},
+        "errors_by_kind": totals["errors_by_kind"],
+        "accuracy": {"top1": totals["top1_accuracy"], "top5": totals["top5_accuracy"], "note": accuracy_note},
+        "timing_s": {**{k: round(v, 3) for k, v in timings.items()},
+                     "inference": round(inference_s, 3) if inference_s is not None else None},
+        "images_per_s": {
+            "inference": round(images / inference_s, 2) if inference_s else None,
+            "end_to_end": round(images / timings["total"], 2) if timings.get("total") else None,
+        },
+        "spark": spark_info,
+        "settings": {
+            "batch_size": settings.batch_size, "arrow_batch_size": settings.arrow_batch_size,
+            "top_k": settings.top_k, "precision": settings.precision, "channels_last": settings.channels_last,
+            "decode_threads": settings.decode_threads, "torch_threads": settings.torch_threads,
+            "tasks_per_slot": settings.tasks_per_slot, "limit": settings.limit,
+        },
+    }
+    return summary
+
+
+def _pct(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    counts, timing = summary["counts"], summary["timing_s"]
+    lines = []
+    if summary["warning"]:
+        bar = "!" * 100
+        lines += [bar, summary["warning"], bar]
+    lines += [
+        f"run {summary['run_id']}  model {summary['model']}  weights {summary['weights']['description']}",
+        f"devices {', '.join(summary['devices']) or 'n/a'}  model builds {summary['model_builds']} "
+        f"in {len(summary['workers'])} Python worker(s)",
+        f"images {counts['images']}  scored {counts['scored']}  errors {counts['errors']}  "
+        f"skipped non-image objects {counts.get('skipped_non_image', 0)}",
+    ]
+    if summary["errors_by_kind"]:
+        lines.append("errors by kind: " + ", ".join(f"{k} {v}" for k, v in summary["errors_by_kind"].items()))
+    lines.append(f"top-1 accuracy {_pct(summary['accuracy']['top1'])}  top-5 accuracy {_pct(summary['accuracy']['top5'])}"
+                 f"  (over {counts['with_truth']} images with a known truth)")
+    if summary["accuracy"]["note"]:
+        lines.append("accuracy: " + summary["accuracy"]["note"])
+    rate = summary["images_per_s"]
+    lines.append(f"images/s: inference {rate['inference']}  end to end {rate['end_to_end']}")
+    lines.append("wall time (s): " + ", ".join(f"{k} {v}" for k, v in timing.items() if v is not None))
+    lines += [f"{name}: {uri}" for name, uri in summary["outputs"].items()]
+    return "\n".join(lines)
+
+
+def format_per_class(table: pd.DataFrame, limit: Optional[int] = None) -> str:
+    """The per-class table as text, worst top-1 accuracy first."""
+    if table.empty:
+        return "(no classes)"
+    view = table.copy()
+    confusions = [c.asDict() if hasattr(c, "asDict") else c for c in view["most_confused_with"]]
+    view["confused_with"] = [
+        f"{c['label']} ({c['count']})" if isinstance(c, dict) and c.get("label") else "" for c in confusions
+    ]
+    view = view.sort_values(["top1_accuracy", "label"], na_position="last")
+    columns = ["wnid", "label", "n_images", "n_errors", "top1_accuracy", "top5_accuracy", "mean_pred_prob", "confused_with"]
+    view = view[columns].head(limit) if limit else view[columns]
+    return view.to_string(index=False, float_format=lambda x: f"{x:.3f}", na_rep="n/a")

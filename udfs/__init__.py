@@ -1,0 +1,1 @@
+"""Executor side of infer-dogs: reading, decoding, the model and prediction (shipped to Spark workers)."""

@@ -1,0 +1,163 @@
+"""Building a torchvision classifier, resolving its weights, and choosing its device.
+
+Driver side (`resolve_weights`): turn `--weights PATH|s3://...`, `--random-weights SEED` or
+torchvision's default weights into one local state-dict file and its sha256. The driver ships
+that file to executors with `SparkContext.addFile`, so the weights are fetched once per run, not
+once per executor, and executors never need internet access.
+
+Executor side (`load_model`, `task_device`): build the architecture, load the shipped state dict
+with `torch.load(weights_only=True)`, and pick the device Spark's resource scheduling assigned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+import torchvision
+from torchvision.models import WeightsEnum
+
+from udfs.settings import S3Options, WeightsSource
+
+log = logging.getLogger(__name__)
+
+
+class WeightsError(ValueError):
+    """The weights cannot be had or do not fit the model (a user error: exit code 2)."""
+
+
+def classification_models() -> list[str]:
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def default_weights(model_name: str) -> WeightsEnum:
+    """torchvision's DEFAULT weights entry: source of the transforms and category names."""
+    return torchvision.models.get_model_weights(model_name).DEFAULT
+
+
+def build_architecture(model_name: str) -> torch.nn.Module:
+    return torchvision.models.get_model(model_name, weights=None)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def random_state_dict(model_name: str, seed: int) -> dict[str, torch.Tensor]:
+    """The seeded random initialisation every process reproduces (tests build it too)."""
+    torch.manual_seed(seed)
+    return build_architecture(model_name).state_dict()
+
+
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """Only plain tensors: `weights_only=True` refuses pickled code."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError ...
+        raise WeightsError(f"cannot load weights from {path}: {exc}") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path} does not hold a state dict (found {type(state).__name__})")
+    return state
+
+
+def resolve_weights(
+    model_name: str,
+    weights: str | None,
+    random_seed: int | None,
+    workdir: Path,
+    s3: S3Options,
+) -> tuple[WeightsSource, Path]:
+    """Materialise the run's weights as one local file; check they fit the model."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    if random_seed is not None:
+        path = workdir / f"{model_name}-random-seed{random_seed}.pt"
+        torch.save(random_state_dict(model_name, random_seed), path)
+        kind, description = "random", f"RANDOM weights (seed {random_seed}): predictions are meaningless"
+    elif weights:
+        path = _fetch_weights_file(weights, workdir, s3)
+        kind, description = "file", weights
+    else:
+        entry = default_weights(model_name)
+        try:
+            entry.get_state_dict(progress=False, check_hash=True)
+        except Exception as exc:  # urllib errors, hash mismatch
+            raise WeightsError(
+                f"cannot download torchvision's default weights {entry} ({exc}); "
+                "pass --weights PATH|s3://... or, for a test run, --random-weights SEED"
+            ) from exc
+        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(entry.url).name
+        kind, description = "default", f"torchvision {entry}"
+    _check_fits(model_name, path)
+    sha256 = sha256_of(path)
+    if kind != "default":  # name by content: Spark refuses one file name shipped from two paths
+        named = workdir / f"{model_name}-{sha256[:16]}.pt"
+        path.replace(named)
+        path = named
+    source = WeightsSource(kind=kind, description=description, sha256=sha256, file_name=path.name, seed=random_seed)
+    return source, path
+
+
+def _fetch_weights_file(uri: str, workdir: Path, s3: S3Options) -> Path:
+    from udfs.storage import is_s3_uri, local_path, s3_client, split_s3_uri
+
+    if is_s3_uri(uri):
+        bucket, key = split_s3_uri(uri)
+        target = workdir / f"incoming-{Path(key).name}"
+        try:
+            s3_client(s3).download_file(bucket, key, str(target))
+        except Exception as exc:  # botocore ClientError / connection errors
+            raise WeightsError(f"cannot download weights {uri}: {exc}") from exc
+        return target
+    source = local_path(uri)
+    if not source.is_file():
+        raise WeightsError(f"weights file not found: {uri}")
+    target = workdir / f"incoming-{source.name}"
+    shutil.copyfile(source, target)
+    return target
+
+
+def _check_fits(model_name: str, path: Path) -> None:
+    model = build_architecture(model_name)
+    try:
+        model.load_state_dict(load_state_dict_file(path))
+    except RuntimeError as exc:
+        first_line = str(exc).splitlines()[0]
+        raise WeightsError(f"weights in {path.name} do not fit {model_name}: {first_line}") from exc
+
+
+def load_model(model_name: str, weights_file: Path, device: torch.device, channels_last: bool) -> torch.nn.Module:
+    """Architecture + shipped state dict, in eval mode, on `device`."""
+    model = build_architecture(model_name)
+    model.load_state_dict(load_state_dict_file(weights_file))
+    model.eval()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return model.to(device=device, memory_format=memory_format)
+
+
+def task_device(gpu_addresses: list[str]) -> torch.device:
+    """The GPU Spark assigned to this task, else any visible GPU, else the CPU."""
+    if gpu_addresses:
+        if not torch.cuda.is_available():
+            log.warning("Spark assigned GPU %s but CUDA is not available here: using the CPU", gpu_addresses)
+            return torch.device("cpu")
+        ordinal = int(gpu_addresses[0]) if gpu_addresses[0].isdigit() else 0
+        if ordinal >= torch.cuda.device_count():
+            log.warning(
+                "GPU address %s is not a visible CUDA ordinal (%d visible, isolation remaps them): using cuda:0",
+                gpu_addresses[0],
+                torch.cuda.device_count(),
+            )
+            ordinal = 0
+        return torch.device("cuda", ordinal)
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

@@ -1,0 +1,234 @@
+"""The predictor: one object per Python worker that owns the model and scores batches of paths.
+
+`get_predictor` keeps predictors in a module-level cache keyed by model, weights hash, device
+and precision, so with `spark.python.worker.reuse=true` a worker builds its model once and
+reuses it for every later task and batch. (The cache must live in an importable module: a
+function defined in the spark-submit script is pickled by value and would get a new cache on
+every task.)
+
+Inside a task, `predict_batches` overlaps the stages: the rows of Arrow batch k+1 are already
+being fetched and decoded by the worker's thread pool (Pillow and boto3 release the GIL) while
+batch k is on the model. Only paths come in and only small prediction rows go out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+
+from udfs.decode import Preprocessing, decode_and_preprocess, normalize_batch
+from udfs.errors import describe_failure
+from udfs.labels import ClassNames
+from udfs.model import default_weights, load_model
+from udfs.settings import Settings
+from udfs.schema import SCORED_SCHEMA
+from udfs.storage import read_bytes
+
+log = logging.getLogger(__name__)
+
+# How many Arrow batches are fetched and decoded ahead of the one on the model.
+LOOKAHEAD_BATCHES = 1
+
+
+@dataclass(frozen=True)
+class Failure:
+    error: str
+    error_kind: str
+
+
+@dataclass
+class TaskStats:
+    """What one task did, for the run summary and the worker report."""
+
+    images: int = 0
+    errors: int = 0
+    model_seconds: float = 0.0
+    wait_seconds: float = 0.0
+    errors_by_kind: dict[str, int] = field(default_factory=dict)
+
+
+def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype, or None for plain fp32. `auto`: fp16 on CUDA, fp32 on CPU."""
+    if precision == "auto":
+        precision = "fp16" if device.type == "cuda" else "fp32"
+    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+class Predictor:
+    """Model + device + preprocessing + precision; maps a batch of paths to prediction rows."""
+
+    def __init__(self, settings: Settings, device: torch.device, model: torch.nn.Module):
+        self.settings = settings
+        self.device = device
+        entry = default_weights(settings.model)
+        self.prep = Preprocessing.from_transforms(entry.transforms())
+        self.names = ClassNames.for_categories(entry.meta["categories"])
+        self.model = model
+        self.autocast_dtype = resolve_precision(settings.precision, device)
+        num_classes = len(self.names.labels)
+        self.top_k = min(settings.top_k, num_classes)
+        self.top_eval = min(max(settings.top_k, 5), num_classes)
+        self.pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="fetch-decode")
+        self.stats = TaskStats()
+
+    # -- one image: the only place a per-image exception becomes an error row -----------------
+    def load(self, path: str, size_bytes: Optional[int]) -> torch.Tensor | Failure:
+        try:
+            data = read_bytes(path, self.settings.s3, self.settings.max_image_bytes, size_bytes)
+            return decode_and_preprocess(data, self.prep)
+        except Exception as exc:  # any failure on one image becomes one error row
+            return Failure(*describe_failure(exc))
+
+    def submit(self, batch: pd.DataFrame) -> list[Future]:
+        sizes = batch["size_bytes"] if "size_bytes" in batch else [None] * len(batch)
+        return [
+            self.pool.submit(self.load, path, None if pd.isna(size) else int(size))
+            for path, size in zip(batch["path"], sizes)
+        ]
+
+    # -- the model ------------------------------------------------------------------------------
+    def infer(self, images: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+        """Top-`top_eval` probabilities and indices for each image, softmax per row."""
+        started = time.perf_counter()
+        batch = torch.stack(images)
+        if self.device.type == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            inputs = normalize_batch(batch, self.prep, torch.float32)
+            if self.settings.channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            logits = self.model(inputs)
+            probs = torch.softmax(logits.float(), dim=1)
+            top = torch.topk(probs, self.top_eval, dim=1)
+            values, indices = top.values.cpu().numpy(), top.indices.cpu().numpy()
+        self.stats.model_seconds += time.perf_counter() - started
+        return values, indices
+
+    # -- batches --------------------------------------------------------------------------------
+    def finish(self, batch: pd.DataFrame, futures: list[Future]) -> pd.DataFrame:
+        """Wait for the batch's decoded images, run them through the model, build its rows."""
+        results: list[tuple[np.ndarray, np.ndarray] | Failure | None] = [None] * len(futures)
+        pending_rows: list[int] = []
+        pending_images: list[torch.Tensor] = []
+
+        def flush() -> None:
+            values, indices = self.infer(pending_images)
+            for offset, row in enumerate(pending_rows):
+                results[row] = (values[offset], indices[offset])
+            pending_rows.clear()
+            pending_images.clear()
+
+        for row, future in enumerate(futures):
+            waited = time.perf_counter()
+            loaded = future.result()
+            self.stats.wait_seconds += time.perf_counter() - waited
+            if isinstance(loaded, Failure):
+                results[row] = loaded
+                continue
+            pending_rows.append(row)
+            pending_images.append(loaded)
+            if len(pending_images) == self.settings.batch_size:
+                flush()
+        if pending_images:
+            flush()
+        return self.rows(batch, results)
+
+    def rows(self, batch: pd.DataFrame, results: list) -> pd.DataFrame:
+        columns: dict[str, list] = {name: [] for name in SCORED_SCHEMA.fieldNames()}
+        for (_, image), result in zip(batch.iterrows(), results):
+            wnid = image["wnid"] if isinstance(image["wnid"], str) else None
+            columns["image_id"].append(image["image_id"])
+            columns["path"].append(image["path"])
+            columns["wnid"].append(wnid)
+            columns["label"].append(image["label"] if isinstance(image["label"], str) else None)
+            self.stats.images += 1
+            if isinstance(result, Failure):
+                self.stats.errors += 1
+                self.stats.errors_by_kind[result.error_kind] = self.stats.errors_by_kind.get(result.error_kind, 0) + 1
+                for name in ("pred_index", "pred_wnid", "pred_label", "pred_prob", "top_k_indices",
+                             "top_k_probs", "correct", "top5_correct"):
+                    columns[name].append(None)
+                columns["error"].append(result.error)
+                columns["error_kind"].append(result.error_kind)
+                continue
+            values, indices = result
+            best = int(indices[0])
+            pred_wnid = self.names.wnid(best)
+            known = wnid is not None and pred_wnid is not None
+            top5_wnids = {self.names.wnid(int(i)) for i in indices[:5]}
+            columns["pred_index"].append(best)
+            columns["pred_wnid"].append(pred_wnid)
+            columns["pred_label"].append(self.names.label(best))
+            columns["pred_prob"].append(float(values[0]))
+            columns["top_k_indices"].append([int(i) for i in indices[: self.top_k]])
+            columns["top_k_probs"].append([float(v) for v in values[: self.top_k]])
+            columns["correct"].append(pred_wnid == wnid if known else None)
+            columns["top5_correct"].append(wnid in top5_wnids if known else None)
+            columns["error"].append(None)
+            columns["error_kind"].append(None)
+        frame = pd.DataFrame(columns)
+        return frame.astype(
+            {"pred_index": "Int32", "pred_prob": "Float32", "correct": "boolean", "top5_correct": "boolean"}
+        )
+
+    def predict_batches(self, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        """Score a stream of Arrow batches, fetching/decoding ahead of the model."""
+        self.stats = TaskStats()
+        in_flight: deque[tuple[pd.DataFrame, list[Future]]] = deque()
+        for batch in batches:
+            in_flight.append((batch, self.submit(batch)))
+            if len(in_flight) > LOOKAHEAD_BATCHES:
+                yield self.finish(*in_flight.popleft())
+        while in_flight:
+            yield self.finish(*in_flight.popleft())
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        return self.finish(batch, self.submit(batch))
+
+
+_models: dict[tuple, torch.nn.Module] = {}
+_predictors: dict[tuple, Predictor] = {}
+_lock = threading.Lock()
+model_builds_in_this_process = 0
+
+
+def cached_model(settings: Settings, device: torch.device, weights_file: Path) -> tuple[torch.nn.Module, bool]:
+    """This worker's model for (architecture, weights hash, device, layout); True if built now."""
+    global model_builds_in_this_process
+    key = (settings.model, settings.weights_source.sha256, str(device), settings.channels_last)
+    with _lock:
+        model = _models.get(key)
+        if model is not None:
+            return model, False
+        log.info("building %s on %s from %s", settings.model, device, settings.weights_source.description)
+        model = load_model(settings.model, weights_file, device, settings.channels_last)
+        _models[key] = model
+        model_builds_in_this_process += 1
+        return model, True
+
+
+def get_predictor(settings: Settings, device: torch.device, weights_file: Path) -> tuple[Predictor, bool]:
+    """This worker's predictor for these settings and device; True if its model was built now."""
+    model, built = cached_model(settings, device, weights_file)
+    key = (settings, str(device))
+    with _lock:
+        predictor = _predictors.get(key)
+        if predictor is None:
+            predictor = _predictors[key] = Predictor(settings, device, model)
+    return predictor, built

@@ -1,0 +1,66 @@
+"""The function Spark runs on executors: Arrow batches of paths in, prediction rows out.
+
+Used with `DataFrame.mapInPandas(score_fn, SCORED_SCHEMA)`. The body stays small: find the
+task's device, get this worker's cached predictor, and yield `predictor`'s output for each
+batch. Reading, decoding and inference live in `udfs.predictor`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import pandas as pd
+import torch
+from pyspark import SparkFiles, TaskContext
+from pyspark.accumulators import Accumulator
+
+from udfs.model import task_device
+from udfs.predictor import get_predictor
+from udfs.settings import Settings
+from udfs.task_log import process_identity
+
+ScoreFn = Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]
+
+
+def assigned_gpus(context: Optional[TaskContext]) -> list[str]:
+    """The GPU addresses Spark's resource scheduling gave this task (empty without GPUs)."""
+    if context is None:
+        return []
+    gpu = context.resources().get("gpu")
+    return list(gpu.addresses) if gpu is not None else []
+
+
+def make_score_fn(settings: Settings, task_log: Optional[Accumulator] = None) -> ScoreFn:
+    """The mapInPandas function for this run (closes over the settings and the task log)."""
+
+    def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        started = time.time()
+        context = TaskContext.get()
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        gpus = assigned_gpus(context)
+        device = task_device(gpus)
+        weights_file = Path(SparkFiles.get(settings.weights_source.file_name))
+        predictor, built = get_predictor(settings, device, weights_file)
+        yield from predictor.predict_batches(batches)
+        if task_log is not None:
+            stats = predictor.stats
+            task_log.add([{
+                **process_identity(),
+                "partition": context.partitionId() if context else None,
+                "attempt": context.attemptNumber() if context else None,
+                "gpu_addresses": gpus,
+                "device": str(device),
+                "model_built": built,
+                "images": stats.images,
+                "errors": stats.errors,
+                "model_seconds": round(stats.model_seconds, 4),
+                "wait_seconds": round(stats.wait_seconds, 4),
+                "torch_threads": torch.get_num_threads(),
+                "started": started,
+                "finished": time.time(),
+            }])
+
+    return score

@@ -1,0 +1,82 @@
+"""The run's settings: one frozen value built on the driver and shipped to every executor.
+
+The driver (`jobs/cli.py`) builds a `Settings` from the command line and an optional config
+file, validates it once, and passes it down; the scoring UDF closes over it, so executors see
+exactly the same value. It lives on the executor side of the split because executors must be
+able to unpickle it; nothing here reads the environment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+WRITE_MODES = ("error", "overwrite")
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """How executors and the driver talk to S3 (boto3 client settings)."""
+
+    endpoint_url: Optional[str] = None
+    anonymous: bool = False
+    region: Optional[str] = None
+    retry_mode: str = "adaptive"
+    max_attempts: int = 10
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 60.0
+    max_pool_connections: int = 32
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where the model's parameters come from, resolved on the driver.
+
+    `file_name` is the name under which the driver shipped the state dict with
+    `SparkContext.addFile`; executors find it with `SparkFiles.get`. `sha256` is the hash of
+    that file and is part of every output row.
+    """
+
+    kind: str  # "default" (torchvision's), "file" (--weights) or "random" (--random-weights)
+    description: str
+    sha256: str
+    file_name: str
+    seed: Optional[int] = None
+
+    @property
+    def is_random(self) -> bool:
+        return self.kind == "random"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything one run needs, on the driver and on the executors."""
+
+    input: str
+    output: str
+    model: str = "resnet50"
+    weights: Optional[str] = None
+    random_weights: Optional[int] = None
+    batch_size: int = 16
+    arrow_batch_size: int = 256
+    top_k: int = 5
+    limit: Optional[int] = None
+    mode: str = "error"
+    label_map: Optional[str] = None
+    precision: str = "auto"
+    channels_last: bool = True
+    decode_threads: int = 4
+    torch_threads: Optional[int] = None
+    max_image_bytes: int = 64 * 1024 * 1024
+    tasks_per_slot: int = 3
+    master: Optional[str] = None
+    s3: S3Options = field(default_factory=S3Options)
+    weights_source: Optional[WeightsSource] = None
+    run_id: str = ""
+
+    def with_weights_source(self, source: WeightsSource) -> "Settings":
+        return replace(self, weights_source=source)
+
+    def with_run_id(self, run_id: str) -> "Settings":
+        return replace(self, run_id=run_id)
