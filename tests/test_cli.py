@@ -1,0 +1,79 @@
+"""CLI: flags and config files -> Settings; bad input -> one line and exit code 2, before Spark."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from jobs.cli import UsageError, build_parser, parse_settings
+from jobs.infer_dogs import main
+
+
+def test_flags_become_settings(tmp_path):
+    settings = parse_settings(["--input", str(tmp_path), "--output", "out", "--model", "mobilenet_v3_small",
+                               "--batch-size", "4", "--top-k", "3", "--limit", "10", "--s3-anonymous",
+                               "--s3-endpoint-url", "http://127.0.0.1:9", "--mode", "overwrite"])
+    assert (settings.model, settings.batch_size, settings.top_k, settings.limit) == ("mobilenet_v3_small", 4, 3, 10)
+    assert settings.s3.anonymous and settings.s3.endpoint_url == "http://127.0.0.1:9"
+    assert settings.mode == "overwrite"
+
+
+@pytest.mark.parametrize("suffix", [".json", ".toml"])
+def test_config_file_with_cli_winning(tmp_path, suffix):
+    config = tmp_path / f"job{suffix}"
+    if suffix == ".json":
+        config.write_text(json.dumps({"input": str(tmp_path), "output": "o", "batch-size": 7, "top_k": 2}))
+    else:
+        config.write_text(f'input = "{tmp_path}"\noutput = "o"\nbatch_size = 7\ntop_k = 2\n')
+    settings = parse_settings(["--config", str(config), "--top-k", "4"])
+    assert settings.batch_size == 7 and settings.top_k == 4 and settings.input == str(tmp_path)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--output", "o"], "--input is required"),
+    (["--input", "/no/such/folder", "--output", "o"], "input folder not found"),
+    (["--input", ".", "--output", "o", "--model", "resnet9000"], "unknown torchvision classification model"),
+    (["--input", ".", "--output", "o", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--input", ".", "--output", "o", "--weights", "w.pt", "--random-weights", "1"], "exclude each other"),
+    (["--input", ".", "--output", "o", "--mode", "append"], "invalid choice"),
+    (["--input", ".", "--output", "o", "--batch-size", "many"], "invalid int value"),
+])
+def test_bad_arguments_raise_usage_error(argv, message):
+    with pytest.raises(UsageError, match=message):
+        parse_settings(argv)
+
+
+def test_unknown_config_key_is_refused(tmp_path):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"input": ".", "output": "o", "batchsize": 3}))
+    with pytest.raises(UsageError, match="unknown key"):
+        parse_settings(["--config", str(config)])
+
+
+def test_main_exits_2_with_one_line_before_spark(capsys):
+    assert main(["--input", "/no/such/folder", "--output", "o"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["infer-dogs: error: input folder not found: /no/such/folder"]
+
+
+def test_empty_input_folder_exits_2(tmp_path, capsys):
+    assert main(["--input", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
+    assert "no images found" in capsys.readouterr().err
+
+
+def test_console_script_usage_error_in_subprocess():
+    result = subprocess.run([sys.executable, "-m", "jobs.infer_dogs", "--input", ".", "--output", "o", "--top-k", "0"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "infer-dogs: error: --top-k must be at least 1"
+    assert "Traceback" not in result.stderr
+
+
+def test_help_lists_every_flag():
+    text = build_parser().format_help()
+    for flag in ("--input", "--output", "--model", "--weights", "--random-weights", "--batch-size", "--top-k",
+                 "--limit", "--s3-endpoint-url", "--s3-anonymous", "--mode", "--config"):
+        assert flag in text

@@ -1,0 +1,69 @@
+"""Listing: local folders and S3 prefixes -> one row per image with truth from the folder."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobs.listing import ListingError, build_listing, list_local, list_s3
+from tests.conftest import s3_client_for, upload_tree
+from udfs.settings import S3Options
+
+
+def test_build_listing_parses_truth_and_skips_non_images():
+    listing = build_listing([
+        ("s3://b/Images/n02085620-Chihuahua/n02085620_1.jpg", 10),
+        ("s3://b/Images/n02085620-Chihuahua/n02085620_2.JPEG", 11),
+        ("s3://b/Images/cats/tom.png", 12),
+        ("s3://b/Images/README.txt", 13),
+        ("s3://b/Annotation/n02085620_1", 14),
+    ])
+    rows = listing.images.to_dict("records")
+    assert [r["image_id"] for r in rows] == ["tom", "n02085620_1", "n02085620_2"]
+    assert rows[1] == {"path": "s3://b/Images/n02085620-Chihuahua/n02085620_1.jpg", "image_id": "n02085620_1",
+                       "wnid": "n02085620", "label": "Chihuahua", "size_bytes": 10}
+    assert rows[0]["wnid"] is None and rows[0]["label"] == "cats"
+    assert listing.skipped_non_image == 2
+
+
+def test_label_map_gives_truth_to_plain_folders():
+    listing = build_listing([("/d/cats/a.jpg", 1), ("/d/dogs/b.jpg", 1)], label_map={"cats": "n02123045"})
+    assert listing.images.set_index("label")["wnid"].to_dict() == {"cats": "n02123045", "dogs": None}
+
+
+def test_limit_keeps_the_first_paths_in_order():
+    listing = build_listing([(f"/d/x/{i:03d}.jpg", 1) for i in range(20, 0, -1)], limit=5)
+    assert listing.images["image_id"].tolist() == ["001", "002", "003", "004", "005"]
+    assert listing.total_images == 20
+
+
+def test_no_images_is_an_error():
+    with pytest.raises(ListingError, match="no images found"):
+        build_listing([("/d/notes.txt", 3)])
+
+
+def test_local_listing_matches_the_files(sample_images):
+    listed = dict(list_local(str(sample_images.images_dir)))
+    assert sorted(listed) == [str(p) for p in sample_images.files()]
+    assert all(size == (sample_images.images_dir / p).stat().st_size for p, size in listed.items())
+
+
+def test_s3_listing_matches_the_uploaded_tree(s3_server, sample_images, s3_images):
+    listed = dict(list_s3(s3_images, S3Options(endpoint_url=s3_server)))
+    expected = {s3_images + p.relative_to(sample_images.images_dir).as_posix(): p.stat().st_size
+                for p in sample_images.files()}
+    assert listed == expected
+
+
+def test_s3_listing_paginates_and_keeps_odd_keys(s3_server, tmp_path):
+    client = s3_client_for(s3_server)
+    client.create_bucket(Bucket="many-keys")
+    keys = [f"p/n02085620-Chihuahua/img {i:04d} é#?.jpg" for i in range(1005)] + ["p/top.jpg"]
+    for key in keys:
+        client.put_object(Bucket="many-keys", Key=key, Body=b"x")
+    listed = list_s3("s3://many-keys/p", S3Options(endpoint_url=s3_server))
+    assert sorted(uri for uri, _ in listed) == sorted(f"s3://many-keys/{k}" for k in keys)
+
+
+def test_missing_bucket_is_a_listing_error(s3_server):
+    with pytest.raises(ListingError, match="NoSuchBucket"):
+        list_s3("s3://no-such-bucket/x/", S3Options(endpoint_url=s3_server, max_attempts=1))

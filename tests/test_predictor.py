@@ -1,0 +1,85 @@
+"""The predictor: one bad image is one error row; the model is built once per Python worker."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tests.helpers import read_predictions, run_in_process
+from tests.reference import make_spread_weights, model_from_file, reference_probabilities
+from udfs.model import load_model
+from udfs.predictor import Predictor, resolve_precision
+from udfs.settings import Settings
+
+MODEL = "mobilenet_v3_small"
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory, sample_images):
+    return make_spread_weights(MODEL, 11, sample_images.files(), tmp_path_factory.mktemp("w") / "w.pt")
+
+
+def frame(paths) -> pd.DataFrame:
+    return pd.DataFrame({"path": [str(p) for p in paths], "image_id": [p.stem for p in paths],
+                         "wnid": [p.parent.name.split("-")[0] for p in paths],
+                         "label": [p.parent.name for p in paths], "size_bytes": [p.stat().st_size for p in paths]})
+
+
+def test_a_broken_image_is_one_error_row_and_the_rest_are_scored(sample_images, weights, tmp_path):
+    good = sample_images.files()[:7]
+    broken = tmp_path / "n02085620-Chihuahua" / "n02085620_broken.jpg"
+    broken.parent.mkdir()
+    broken.write_bytes(good[0].read_bytes()[:600])  # truncated JPEG
+    paths = good[:3] + [broken] + good[3:]
+    settings = Settings(input=".", output=".", model=MODEL, batch_size=4)
+    predictor = Predictor(settings, torch.device("cpu"), load_model(MODEL, weights, torch.device("cpu"), True))
+    out = predictor(frame(paths))
+
+    assert len(out) == len(paths)
+    assert out["path"].tolist() == [str(p) for p in paths]
+    errors = out[out["error"].notna()]
+    assert errors["path"].tolist() == [str(broken)]
+    assert errors["error_kind"].tolist() == ["decode_error"]
+    assert errors[["pred_index", "pred_prob", "correct", "top_k_indices"]].isna().all().all()
+    assert "0x" not in errors["error"].iloc[0]  # no object reprs in messages
+
+    reference = reference_probabilities(model_from_file(MODEL, weights), MODEL, good)
+    for row in out[out["error"].isna()].itertuples():
+        probs = reference[row.path]
+        np.testing.assert_allclose(row.top_k_probs, probs[list(row.top_k_indices)].numpy(), atol=1e-4)
+        assert row.pred_prob == pytest.approx(float(probs.max()), abs=1e-4)
+
+
+def test_stream_of_batches_keeps_order_and_rows(sample_images, weights):
+    files = sample_images.files()[:10]
+    settings = Settings(input=".", output=".", model=MODEL, batch_size=3)
+    predictor = Predictor(settings, torch.device("cpu"), load_model(MODEL, weights, torch.device("cpu"), True))
+    batches = [frame(files[i:i + 4]) for i in range(0, len(files), 4)]
+    outputs = list(predictor.predict_batches(iter(batches)))
+    assert [len(o) for o in outputs] == [4, 4, 2]
+    assert pd.concat(outputs)["path"].tolist() == [str(p) for p in files]
+    assert predictor.stats.images == 10 and predictor.stats.errors == 0
+
+
+def test_precision_resolution():
+    assert resolve_precision("auto", torch.device("cpu")) is None
+    assert resolve_precision("auto", torch.device("cuda", 0)) is torch.float16
+    assert resolve_precision("bf16", torch.device("cpu")) is torch.bfloat16
+
+
+def test_model_built_once_per_python_worker(spark, sample_images, tmp_path):
+    """Many tasks and batches, worker reuse on: one build per worker process, not per task."""
+    out = tmp_path / "run"
+    summary = run_in_process(spark, ["--input", str(sample_images.images_dir), "--output", str(out),
+                                     "--model", MODEL, "--random-weights", "90210",  # a key no earlier test cached
+                                     "--tasks-per-slot", "6", "--arrow-batch-size", "4", "--batch-size", "2"])
+    workers = summary["workers"]
+    tasks = sum(w["tasks"] for w in workers)
+    assert tasks == 12  # local[2] x 6 tasks per slot
+    assert 1 <= len(workers) <= 2
+    assert summary["model_builds"] == len(workers)
+    assert all(w["model_builds"] == 1 for w in workers)
+    assert sum(w["images"] for w in workers) == len(sample_images.files()) == len(read_predictions(out))
+    assert summary["devices"] == ["cpu"]
