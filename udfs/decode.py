@@ -6,7 +6,8 @@ the float conversion and normalisation are done later on the model's device
 the same as applying `weights.transforms()` to `Image.open(...).convert("RGB")`.
 
 Pillow's safety defaults stay on: truncated files are errors (no LOAD_TRUNCATED_IMAGES), and an
-image over `Image.MAX_IMAGE_PIXELS` is refused from its header, before its pixels are decoded.
+image over `Image.MAX_IMAGE_PIXELS` is refused from its header, before its pixels are decoded;
+so is one whose resize would make an image over that limit (an extreme aspect ratio).
 """
 
 from __future__ import annotations
@@ -74,8 +75,24 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def check_resized_size(image: Image.Image, prep: Preprocessing) -> None:
+    """Refuse an image whose resize would exceed Pillow's pixel limit (a 60000x1 strip resized
+    to a short side of 232 would take 10 GB), before any memory is allocated for it."""
+    if len(prep.resize_size) != 1 or not Image.MAX_IMAGE_PIXELS:
+        return
+    short, long = sorted(image.size)
+    new_short = prep.resize_size[0]
+    pixels = new_short * int(new_short * long / max(short, 1))
+    if pixels > Image.MAX_IMAGE_PIXELS:
+        raise Image.DecompressionBombError(
+            f"a {image.width}x{image.height} image resized to a short side of {new_short} has {pixels} "
+            f"pixels, over the limit of {Image.MAX_IMAGE_PIXELS}"
+        )
+
+
 def preprocess(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
     """Resize and centre-crop as the weights' transform does; uint8 tensor of shape (3, H, W)."""
+    check_resized_size(image, prep)
     image = F.resize(image, list(prep.resize_size), interpolation=prep.interpolation, antialias=prep.antialias)
     image = F.center_crop(image, list(prep.crop_size))
     return F.pil_to_tensor(image)

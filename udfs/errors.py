@@ -12,6 +12,7 @@ import re
 
 from botocore.exceptions import BotoCoreError, ClientError
 from PIL import Image, UnidentifiedImageError
+from s3transfer.exceptions import RetriesExceededError
 
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
@@ -32,8 +33,8 @@ def error_kind(exc: BaseException) -> str:
         if code in _DENIED_CODES:
             return "access_denied"
         return "read_error"
-    if isinstance(exc, BotoCoreError):
-        return "read_error"
+    if isinstance(exc, (BotoCoreError, RetriesExceededError, ConnectionError, TimeoutError)):
+        return "read_error"  # still failing after boto3's / s3transfer's retries
     if isinstance(exc, FileNotFoundError):
         return "not_found"
     if isinstance(exc, PermissionError):
@@ -48,6 +49,8 @@ def error_kind(exc: BaseException) -> str:
 def error_message(exc: BaseException) -> str:
     """A short, stable message: type and text, without object reprs that differ per run."""
     text = _OBJECT_REPR.sub("<object>", str(exc)).strip()
+    if isinstance(exc, RetriesExceededError) and exc.last_exception is not None:
+        text += f" (last: {error_message(exc.last_exception)})"
     message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return message[:MAX_MESSAGE_CHARS]
 

@@ -4,7 +4,7 @@ Executors call `read_bytes`; the driver only uses `s3_client` and `split_s3_uri`
 One boto3 client per Python worker and S3 settings (clients are thread-safe and are shared by
 the worker's fetch threads). Retries are boto3's own (`retry_mode`, `max_attempts`); object
 bodies are fetched with s3transfer's `download_fileobj`, which also retries a body that breaks
-off mid-stream.
+off mid-stream (as many times as `max_attempts`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ from udfs.errors import ImageTooLarge
 from udfs.settings import S3Options
 
 S3_SCHEMES = ("s3", "s3a", "s3n")
-# Images are small: one GET each, no multipart, no extra threads inside a fetch thread.
-_TRANSFER = TransferConfig(multipart_threshold=256 * 1024 * 1024, use_threads=False)
 _client_lock = threading.Lock()
 
 
@@ -67,6 +65,14 @@ def _cached_client(options: S3Options):
     )
 
 
+@lru_cache(maxsize=8)
+def _transfer_config(max_attempts: int) -> TransferConfig:
+    """Images are small: one GET each, no multipart, no extra threads inside a fetch thread.
+    A body that breaks off mid-stream is fetched again up to `--s3-max-attempts` times."""
+    return TransferConfig(multipart_threshold=256 * 1024 * 1024, use_threads=False,
+                          num_download_attempts=max_attempts)
+
+
 def s3_client(options: S3Options):
     """The worker's S3 client for these options (created once, then shared by threads)."""
     with _client_lock:
@@ -80,7 +86,7 @@ def read_bytes(uri: str, options: S3Options, max_bytes: int, size_hint: int | No
     if is_s3_uri(uri):
         bucket, key = split_s3_uri(uri)
         buffer = io.BytesIO()
-        s3_client(options).download_fileobj(bucket, key, buffer, Config=_TRANSFER)
+        s3_client(options).download_fileobj(bucket, key, buffer, Config=_transfer_config(options.max_attempts))
         data = buffer.getvalue()
     else:
         path = local_path(uri)
