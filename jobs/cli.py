@@ -15,7 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from udfs.settings import PRECISIONS, WRITE_MODES, S3Options, Settings
+from udfs.settings import PRECISIONS, PROGRESS_MODES, WRITE_MODES, S3Options, Settings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
             "correct when its WordNet id equals the folder's."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="After a run: `infer-dogs report RUN_DIR` rebuilds RUN_DIR/report.html; "
+               "`infer-dogs compare RUN_A RUN_B` shows per-breed accuracy differences (each has --help).",
     )
     io = parser.add_argument_group("input and output")
     io.add_argument("--input", help="s3://bucket/prefix/, s3a://..., a local folder or file:// URI (required)")
@@ -96,6 +98,19 @@ def build_parser() -> argparse.ArgumentParser:
     s3.add_argument("--s3-retry-mode", choices=("standard", "adaptive", "legacy"), default="adaptive",
                     help="boto3 retry mode")
     s3.add_argument("--s3-max-attempts", type=int, default=10, help="boto3 max attempts per request")
+
+    run = parser.add_argument_group("what the run shows")
+    run.add_argument("--dry-run", action="store_true",
+                     help="list the input, print images per class and the number of scoring tasks, score nothing")
+    run.add_argument("-v", "--verbose", action="count", default=0,
+                     help="more logging: -v shows Spark's INFO log and our DEBUG log (default: Spark WARN)")
+    run.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
+                     help="progress while scoring: a live bar, a log line every --progress-interval seconds, "
+                          "or nothing; auto = bar on a terminal, log lines otherwise")
+    run.add_argument("--progress-interval", type=float, default=30.0,
+                     help="seconds between progress log lines (when not showing a bar)")
+    run.add_argument("--no-report", dest="report", action="store_false",
+                     help="do not write report.html and the PNG charts at the end of the run")
     return parser
 
 
@@ -173,3 +188,7 @@ def validate(settings: Settings) -> None:
         raise UsageError("--s3-max-attempts must be at least 1")
     if settings.top_k > 1000:
         raise UsageError("--top-k must be at most 1000")
+    if settings.progress not in PROGRESS_MODES:
+        raise UsageError(f"--progress must be one of {', '.join(PROGRESS_MODES)}")
+    if settings.progress_interval <= 0:
+        raise UsageError("--progress-interval must be more than 0 seconds")

@@ -2,6 +2,7 @@
 
     spark-submit jobs/infer_dogs.py --input s3://bucket/dogs/Images/ --output /data/run1
     python -m jobs.infer_dogs ...        infer-dogs ...        (same flags; --help lists them)
+    infer-dogs report RUN_DIR            infer-dogs compare RUN_A RUN_B     (jobs/commands.py)
 
 `main()` reads as the run: parse and validate settings, list the images, start Spark, resolve
 the weights, score the images on the executors and write the predictions, aggregate per class,
@@ -28,9 +29,13 @@ except ModuleNotFoundError as missing:  # spark-submit puts jobs/ on sys.path, n
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from jobs.commands import is_subcommand
+from jobs.dry_run import dry_run
 from jobs.listing import Listing, ListingError, list_images
 from jobs.outputs import OutputExistsError, RunPaths, prepare_output, write_parquet, write_summary
 from jobs.per_class import overall_counts, per_class_accuracy
+from jobs.progress import ScoringProgress
+from jobs.report import write_run_report
 from jobs.spark_session import configure_session, scoring_partitions, start_spark
 from jobs.summary import build_summary, format_per_class, format_summary
 from udfs.model import WeightsError, resolve_weights
@@ -95,7 +100,10 @@ def run_job(spark: SparkSession, settings: Settings, listing: Listing,
 
     step = time.perf_counter()
     task_log = spark.sparkContext.accumulator([], RecordListParam())
-    write_parquet(score_images(spark, settings, listing.images, task_log), paths.predictions)
+    with ScoringProgress(spark.sparkContext, total_images=len(listing.images), task_log=task_log,
+                         mode=settings.progress, interval_s=settings.progress_interval,
+                         tag=f"infer-dogs-scoring-{settings.run_id}"):
+        write_parquet(score_images(spark, settings, listing.images, task_log), paths.predictions)
     timings["score_and_write_predictions"] = time.perf_counter() - step
 
     step = time.perf_counter()
@@ -104,17 +112,29 @@ def run_job(spark: SparkSession, settings: Settings, listing: Listing,
     totals = overall_counts(predictions)
     timings["aggregate"] = time.perf_counter() - step
     timings["total"] = sum(timings.values())
+    outputs = {"predictions": paths.predictions, "per_class_accuracy": paths.per_class, "summary": paths.summary}
 
-    summary = build_summary(
-        settings,
-        totals,
-        {"listed": listing.total_images, "skipped_non_image": listing.skipped_non_image},
-        list(task_log.value),
-        timings,
-        {"version": spark.version, "master": spark.sparkContext.master,
-         "default_parallelism": spark.sparkContext.defaultParallelism},
-        {"predictions": paths.predictions, "per_class_accuracy": paths.per_class, "summary": paths.summary},
-    )
+    def summarize() -> dict[str, Any]:
+        return build_summary(
+            settings,
+            totals,
+            {"listed": listing.total_images, "skipped_non_image": listing.skipped_non_image},
+            list(task_log.value),
+            timings,
+            {"version": spark.version, "master": spark.sparkContext.master,
+             "default_parallelism": spark.sparkContext.defaultParallelism},
+            outputs,
+        )
+
+    summary = summarize()
+    if settings.report:  # from the written Parquet; summary.json stays the last file written
+        step = time.perf_counter()
+        report = write_run_report(spark, settings.s3, paths, summary)
+        timings["report"] = time.perf_counter() - step
+        timings["total"] += timings["report"]
+        if report:
+            outputs["report"] = report
+        summary = summarize()
     write_summary(spark, paths, summary)
     return summary
 
@@ -125,12 +145,31 @@ def configure_logging(level: int = logging.INFO) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def configure_verbosity(verbose: int) -> None:
+    """-v: our DEBUG log (Spark's level is set in start_spark); -vv: libraries' DEBUG too."""
+    if verbose >= 1:
+        for name in ("infer_dogs", "jobs", "udfs"):
+            logging.getLogger(name).setLevel(logging.DEBUG)
+    if verbose >= 2:
+        logging.getLogger().setLevel(logging.DEBUG)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if is_subcommand(argv):  # infer-dogs report RUN_DIR | compare RUN_A RUN_B
+        from jobs.commands import main as subcommand_main
+
+        configure_logging(logging.WARNING)
+        return subcommand_main(argv)
     configure_logging()
     started = time.perf_counter()
     try:
         settings = parse_settings(argv)
+        configure_verbosity(settings.verbose)
         listing = list_images(settings)
+        if settings.dry_run:
+            print(dry_run(settings, listing))
+            return 0
     except (UsageError, ListingError) as exc:
         print(f"infer-dogs: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

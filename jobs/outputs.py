@@ -39,8 +39,17 @@ class RunPaths:
     def summary(self) -> str:
         return self._join("summary.json")
 
+    @property
+    def report(self) -> str:
+        return self._join("report.html")
+
+    @property
+    def charts(self) -> str:
+        """The folder of the report's PNG charts, beside report.html."""
+        return self._join("charts")
+
     def entries(self) -> tuple[str, ...]:
-        return (self.predictions, self.per_class, self.summary)
+        return (self.predictions, self.per_class, self.summary, self.report, self.charts)
 
 
 class HadoopFiles:
@@ -76,6 +85,12 @@ class HadoopFiles:
             return "\n".join(lines)
         finally:
             stream.close()
+
+    def upload(self, local_file: str, uri: str) -> None:
+        """Copy a local file to `uri` (replacing it), through the filesystem of `uri`."""
+        fs, path = self._fs_path(uri)
+        source = self._jvm.org.apache.hadoop.fs.Path("file://" + local_file)
+        fs.copyFromLocalFile(False, True, source, path)
 
     def write_text_atomically(self, uri: str, text: str) -> None:
         fs, path = self._fs_path(uri)

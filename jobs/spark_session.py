@@ -23,13 +23,33 @@ JOB_DEFAULTS = {
     "spark.python.worker.reuse": "true",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.locality.wait": "0s",
+}
+# Set whatever was submitted: the job shows its own progress (jobs/progress.py), and PySpark's
+# gateway pre-sets spark.ui.showConsoleProgress=true when the job is started with plain
+# `python`/`infer-dogs` (it launches spark-submit as a "pyspark-shell"), so "fill if unset"
+# would never turn Spark's bar off.
+JOB_OVERRIDES = {
     "spark.ui.showConsoleProgress": "false",
 }
+
+
+def spark_log_level(verbose: int) -> str:
+    """Spark's log4j level for `-v` counts: WARN by default, INFO with -v, DEBUG with -vv."""
+    return ("WARN", "INFO", "DEBUG")[min(max(verbose, 0), 2)]
+
+
+def set_jvm_log_level(level: str) -> None:
+    """Spark's log level before a SparkContext exists, so that its start-up INFO lines are quiet too."""
+    jvm = SparkContext._jvm
+    if jvm is not None:
+        jvm.org.apache.logging.log4j.core.config.Configurator.setRootLevel(
+            jvm.org.apache.logging.log4j.Level.toLevel(level))
 
 
 def start_spark(settings: Settings, app_name: str = "infer-dogs") -> SparkSession:
     # Connect to (or launch) the JVM first so that SparkConf sees what spark-submit set.
     SparkContext._ensure_initialized()
+    set_jvm_log_level(spark_log_level(settings.verbose))
     submitted = SparkConf()
     builder = SparkSession.builder.appName(app_name)
     master = submitted.get("spark.master", None)
@@ -39,11 +59,14 @@ def start_spark(settings: Settings, app_name: str = "infer-dogs") -> SparkSessio
     for key, value in JOB_DEFAULTS.items():
         if not submitted.contains(key):
             builder = builder.config(key, value)
+    for key, value in JOB_OVERRIDES.items():
+        builder = builder.config(key, value)
     if master.startswith("local") and "PYSPARK_PYTHON" not in os.environ:
         # PySpark starts Python workers with PYSPARK_PYTHON (else `python3` on PATH, which may
         # lack torch). On one machine the driver's own interpreter is the right one.
         os.environ["PYSPARK_PYTHON"] = submitted.get("spark.pyspark.python", sys.executable)
     spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(spark_log_level(settings.verbose))
     configure_session(spark, settings)
     log.info("Spark %s, master %s, default parallelism %d", spark.version, master, spark.sparkContext.defaultParallelism)
     return spark

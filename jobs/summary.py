@@ -99,29 +99,62 @@ def _pct(value: Optional[float]) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
+# Wall-time phases in the order they happen; other keys are shown after them under their own name.
+TIMING_NAMES = {
+    "listing": "listing",
+    "spark_start": "Spark start",
+    "weights": "weights",
+    "score_and_write_predictions": "scoring + writing predictions",
+    "aggregate": "per-class aggregation",
+    "report": "report",
+}
+
+
+def wall_time_text(timing: dict[str, Any]) -> str:
+    """`42.3 s: listing 0.0, Spark start 14.9, ..., (inference span 4.4)`."""
+    parts = [f"{TIMING_NAMES[k]} {timing[k]:.1f}" for k in TIMING_NAMES if timing.get(k) is not None]
+    parts += [f"{k} {v:.1f}" for k, v in timing.items()
+              if k not in TIMING_NAMES and k not in ("total", "inference") and isinstance(v, (int, float))]
+    text = ", ".join(parts)
+    if timing.get("inference") is not None:
+        text += f" (first scoring task start to last end: {timing['inference']:.1f})"
+    total = timing.get("total")
+    return f"{total:.1f} s: {text}" if total is not None else text
+
+
+def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """(name, value) rows of the run summary: the printed table and the report's table."""
+    counts, accuracy, rate = summary["counts"], summary["accuracy"], summary["images_per_s"]
+    weights = summary["weights"]
+    errors = summary["errors_by_kind"]
+    rows = [
+        ("run", f"{summary['run_id']} ({summary.get('status', 'complete')})"),
+        ("model", f"{summary['model']}, weights {weights['description']} (sha256 {str(weights['sha256'])[:12]})"),
+        ("input", str(summary["input"])),
+        ("devices", f"{', '.join(summary['devices']) or 'n/a'}: {len(summary['workers'])} Python worker(s), "
+                    f"{summary['model_builds']} model build(s)"),
+        ("images", f"{counts['images']:,}: {counts['scored']:,} scored, {counts['errors']:,} errors "
+                   f"({counts.get('skipped_non_image', 0):,} non-image objects skipped)"),
+        ("errors by kind", ", ".join(f"{k} {v:,}" for k, v in errors.items()) if errors else "none"),
+        ("top-1 accuracy", f"{_pct(accuracy['top1'])} over {counts['with_truth']:,} images with a known truth"),
+        ("top-5 accuracy", _pct(accuracy["top5"])),
+    ]
+    if accuracy.get("note"):
+        rows.append(("accuracy note", accuracy["note"]))
+    rows.append(("images/s", f"{rate['inference']} inference, {rate['end_to_end']} end to end"))
+    rows.append(("wall time", wall_time_text(summary["timing_s"])))
+    rows += [(name.replace("_", " "), str(uri)) for name, uri in summary["outputs"].items()]
+    return rows
+
+
 def format_summary(summary: dict[str, Any]) -> str:
-    counts, timing = summary["counts"], summary["timing_s"]
     lines = []
     if summary["warning"]:
         bar = "!" * 100
         lines += [bar, summary["warning"], bar]
-    lines += [
-        f"run {summary['run_id']}  model {summary['model']}  weights {summary['weights']['description']}",
-        f"devices {', '.join(summary['devices']) or 'n/a'}  model builds {summary['model_builds']} "
-        f"in {len(summary['workers'])} Python worker(s)",
-        f"images {counts['images']}  scored {counts['scored']}  errors {counts['errors']}  "
-        f"skipped non-image objects {counts.get('skipped_non_image', 0)}",
-    ]
-    if summary["errors_by_kind"]:
-        lines.append("errors by kind: " + ", ".join(f"{k} {v}" for k, v in summary["errors_by_kind"].items()))
-    lines.append(f"top-1 accuracy {_pct(summary['accuracy']['top1'])}  top-5 accuracy {_pct(summary['accuracy']['top5'])}"
-                 f"  (over {counts['with_truth']} images with a known truth)")
-    if summary["accuracy"]["note"]:
-        lines.append("accuracy: " + summary["accuracy"]["note"])
-    rate = summary["images_per_s"]
-    lines.append(f"images/s: inference {rate['inference']}  end to end {rate['end_to_end']}")
-    lines.append("wall time (s): " + ", ".join(f"{k} {v}" for k, v in timing.items() if v is not None))
-    lines += [f"{name}: {uri}" for name, uri in summary["outputs"].items()]
+    rows = summary_rows(summary)
+    width = max(len(name) for name, _ in rows)
+    lines += [f"{name:<{width}}  {value}" for name, value in rows]
     return "\n".join(lines)
 
 

@@ -115,3 +115,7 @@ def upload_tree(endpoint: str, images_dir: Path, bucket: str, prefix: str) -> st
 def s3_images(s3_server, sample_images) -> str:
     """The sample images in the loopback bucket: s3://dogs-test/dogs/Images/."""
     return upload_tree(s3_server, sample_images.images_dir, TEST_BUCKET, TEST_PREFIX)
+
+
+# One real run with its report, shared by tests/test_report.py and tests/test_compare.py.
+from tests.report_runs import report_run  # noqa: E402,F401

@@ -21,7 +21,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,7 @@ import torch
 
 from udfs.decode import Preprocessing, decode_and_preprocess, normalize_batch
 from udfs.errors import describe_failure
+from udfs.gpu_decode import EncodedJpeg, decode_batch, probe_jpeg
 from udfs.labels import ClassNames
 from udfs.model import default_weights, load_model
 from udfs.settings import Settings
@@ -83,12 +84,36 @@ class Predictor:
         self.stats = TaskStats()
 
     # -- one image: the only place a per-image exception becomes an error row -----------------
-    def load(self, path: str, size_bytes: Optional[int]) -> torch.Tensor | Failure:
+    @staticmethod
+    def guarded(step, *args) -> Any:
+        """`step(*args)`, or a Failure row when it raises (one bad image, never a lost batch)."""
         try:
-            data = read_bytes(path, self.settings.s3, self.settings.max_image_bytes, size_bytes)
-            return decode_and_preprocess(data, self.prep)
+            return step(*args)
         except Exception as exc:  # any failure on one image becomes one error row
             return Failure(*describe_failure(exc))
+
+    def load(self, path: str, size_bytes: Optional[int]) -> torch.Tensor | EncodedJpeg | Failure:
+        return self.guarded(self._read_and_decode, path, size_bytes)
+
+    def _read_and_decode(self, path: str, size_bytes: Optional[int]) -> torch.Tensor | EncodedJpeg:
+        data = read_bytes(path, self.settings.s3, self.settings.max_image_bytes, size_bytes)
+        if self.settings.gpu_decode:
+            encoded = probe_jpeg(data)
+            if encoded is not None:
+                return encoded  # decoded with its model batch, on the device
+        return decode_and_preprocess(data, self.prep)
+
+    def decode_encoded(self, images: list) -> list:
+        """Replace the batch's EncodedJpegs by device tensors; Pillow for what the device refuses."""
+        positions = [i for i, image in enumerate(images) if isinstance(image, EncodedJpeg)]
+        if not positions:
+            return images
+        decoded = decode_batch([images[i] for i in positions], self.device, self.prep)
+        out = list(images)
+        for i, result in zip(positions, decoded):
+            out[i] = result if not isinstance(result, Exception) else self.guarded(
+                decode_and_preprocess, images[i].data, self.prep)
+        return out
 
     def submit(self, batch: pd.DataFrame) -> list[Future]:
         sizes = batch["size_bytes"] if "size_bytes" in batch else [None] * len(batch)
@@ -101,9 +126,9 @@ class Predictor:
     def infer(self, images: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
         """Top-`top_eval` probabilities and indices for each image, softmax per row."""
         started = time.perf_counter()
+        if self.device.type == "cuda":  # uint8 only over the bus: pinned, asynchronous
+            images = [i if i.is_cuda else i.pin_memory().to(self.device, non_blocking=True) for i in images]
         batch = torch.stack(images)
-        if self.device.type == "cuda":
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
         autocast = (
             torch.autocast(self.device.type, dtype=self.autocast_dtype)
             if self.autocast_dtype is not None
@@ -128,9 +153,16 @@ class Predictor:
         pending_images: list[torch.Tensor] = []
 
         def flush() -> None:
-            values, indices = self.infer(pending_images)
-            for offset, row in enumerate(pending_rows):
-                results[row] = (values[offset], indices[offset])
+            ready = []
+            for row, image in zip(pending_rows, self.decode_encoded(pending_images)):
+                if isinstance(image, Failure):
+                    results[row] = image
+                else:
+                    ready.append((row, image))
+            if ready:
+                values, indices = self.infer([image for _, image in ready])
+                for offset, (row, _) in enumerate(ready):
+                    results[row] = (values[offset], indices[offset])
             pending_rows.clear()
             pending_images.clear()
 
@@ -211,13 +243,15 @@ model_builds_in_this_process = 0
 def cached_model(settings: Settings, device: torch.device, weights_file: Path) -> tuple[torch.nn.Module, bool]:
     """This worker's model for (architecture, weights hash, device, layout); True if built now."""
     global model_builds_in_this_process
-    key = (settings.model, settings.weights_source.sha256, str(device), settings.channels_last)
+    key = (settings.model, settings.weights_source.sha256, str(device), settings.channels_last, settings.compile)
     with _lock:
         model = _models.get(key)
         if model is not None:
             return model, False
         log.info("building %s on %s from %s", settings.model, device, settings.weights_source.description)
         model = load_model(settings.model, weights_file, device, settings.channels_last)
+        if settings.compile:
+            model = torch.compile(model)
         _models[key] = model
         model_builds_in_this_process += 1
         return model, True

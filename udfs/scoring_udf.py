@@ -7,6 +7,7 @@ batch. Reading, decoding and inference live in `udfs.predictor`.
 
 from __future__ import annotations
 
+import resource
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -59,6 +60,7 @@ def make_score_fn(settings: Settings, task_log: Optional[Accumulator] = None) ->
                 "model_seconds": round(stats.model_seconds, 4),
                 "wait_seconds": round(stats.wait_seconds, 4),
                 "torch_threads": torch.get_num_threads(),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 "started": started,
                 "finished": time.time(),
             }])

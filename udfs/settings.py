@@ -13,6 +13,7 @@ from typing import Optional
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 WRITE_MODES = ("error", "overwrite")
+PROGRESS_MODES = ("auto", "bar", "log", "off")
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,12 @@ class Settings:
     max_image_bytes: int = 64 * 1024 * 1024
     tasks_per_slot: int = 3
     master: Optional[str] = None
+    # Driver-only: how the run talks to the person running it (jobs/progress.py, jobs/report.py).
+    dry_run: bool = False
+    verbose: int = 0
+    progress: str = "auto"
+    progress_interval: float = 30.0  # seconds
+    report: bool = True
     s3: S3Options = field(default_factory=S3Options)
     weights_source: Optional[WeightsSource] = None
     run_id: str = ""

@@ -1,0 +1,446 @@
+"""Benchmark infer-dogs against its ceilings and two baselines, on one machine, in one run.
+
+    .venv/bin/python scripts/bench.py --images ../shared/data/stanford_dogs_sample --model mobilenet_v3_small --copies 17
+    .venv/bin/python scripts/bench.py --images ../shared/data/stanford_dogs_sample --model resnet50 --copies 7 --baselines
+
+What it measures, on the same images (the tree repeated under `--copies` prefixes) and weights:
+1. model ceiling: images/s of the bare forward pass on ready tensors, best configuration found
+   (CPU: every processes x threads split of the cores, batch sizes, channels_last on/off;
+   GPU: precision x batch size);
+2. decode ceiling: images/s of read + decode + preprocess alone, one process per core;
+3. the job (spark-submit, local[cores]) from the local folder and from a loopback S3 endpoint:
+   inference-stage images/s (first scoring task start to last task end, from summary.json) and
+   whole-process wall time;
+4. baselines, whole-process wall time: the Dask tutorial (per-image delayed tasks, batches of 80,
+   model rebuilt and reloaded per batch, no normalisation, 250 px crop) and the Databricks
+   reference notebook pattern (binaryFile DataFrame, iterator pandas UDF, broadcast state dict,
+   model built per task, torch DataLoader of 64);
+5. ratios: job / combined ceiling, where combined = 1 / (1/model + 1/decode) on CPU (both stages
+   share the cores) and min(model, decode) when the model runs on a GPU.
+Prints a table and writes JSON under --out. Weights are seeded random (the same file for all):
+speed does not depend on the values, and accuracy is not reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import multiprocessing as mp
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import pandas as pd
+import torch
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+from udfs.decode import Preprocessing, decode_and_preprocess, normalize_batch  # noqa: E402
+from udfs.model import default_weights, load_model, random_state_dict  # noqa: E402
+from udfs.storage import read_bytes  # noqa: E402
+from udfs.settings import S3Options  # noqa: E402
+
+BENCH_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
+             "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+# ---------------------------------------------------------------- workload -------------------
+def build_workload(images: Path, copies: int, target: Path) -> list[Path]:
+    """`target/copyNN/<breed>/<file>` symlinks to the original photos, `copies` times."""
+    source = images / "Images" if (images / "Images").is_dir() else images
+    files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    out = []
+    for copy in range(copies):
+        for file in files:
+            link = target / f"copy{copy:02d}" / file.parent.name / file.name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.exists():
+                link.symlink_to(file.resolve())
+            out.append(link)
+    return out
+
+
+# ---------------------------------------------------------------- model ceiling --------------
+def _forward_loop(model_name: str, weights: str, device: str, threads: int, batch: int, channels_last: bool,
+                  precision: str, seconds: float, barrier, results) -> None:
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    model = load_model(model_name, Path(weights), dev, channels_last)
+    prep = Preprocessing.from_transforms(default_weights(model_name).transforms())
+    size = prep.crop_size[0]
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+
+    def step() -> None:
+        x = normalize_batch(images.to(dev, non_blocking=True), prep, torch.float32)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        ctx = torch.autocast(dev.type, dtype=dtype) if dtype else torch.autocast(dev.type, enabled=False)
+        with torch.inference_mode(), ctx:
+            model(x).float().softmax(1).topk(5)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(3):
+        step()
+    if barrier is not None:
+        barrier.wait()
+    started, done = time.perf_counter(), 0
+    while time.perf_counter() - started < seconds:
+        step()
+        done += batch
+    results.put(done / (time.perf_counter() - started))
+
+
+def measure_forward(model_name: str, weights: Path, device: str, processes: int, threads: int, batch: int,
+                    channels_last: bool, precision: str, seconds: float) -> float:
+    context = mp.get_context("spawn")
+    barrier, results = context.Barrier(processes), context.Queue()
+    workers = [context.Process(target=_forward_loop, args=(model_name, str(weights), device, threads, batch,
+                                                           channels_last, precision, seconds, barrier, results))
+               for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    rates = [results.get(timeout=600) for _ in workers]
+    for worker in workers:
+        worker.join()
+    return sum(rates)
+
+
+def model_ceiling(model_name: str, weights: Path, device: str, cores: int, seconds: float, log) -> dict[str, Any]:
+    trials = []
+    if device == "cuda":
+        for precision in ("fp16", "bf16", "fp32"):
+            for batch in (64, 128, 256):
+                rate = measure_forward(model_name, weights, "cuda", 1, cores, batch, True, precision, seconds)
+                trials.append({"processes": 1, "threads": cores, "batch": batch, "channels_last": True,
+                               "precision": precision, "images_per_s": rate})
+                log(f"  model {precision} batch {batch}: {rate:.1f} images/s")
+    else:
+        splits = [(p, cores // p) for p in range(1, cores + 1) if cores % p == 0]
+        batches = (4, 8, 16, 32) if model_name != "resnet50" else (4, 8, 16)
+        for processes, threads in splits:
+            for batch in batches:
+                rate = measure_forward(model_name, weights, "cpu", processes, threads, batch, True, "fp32", seconds)
+                trials.append({"processes": processes, "threads": threads, "batch": batch, "channels_last": True,
+                               "precision": "fp32", "images_per_s": rate})
+                log(f"  model {processes} proc x {threads} thr, batch {batch}, channels_last: {rate:.1f} images/s")
+        best = max(trials, key=lambda t: t["images_per_s"])
+        rate = measure_forward(model_name, weights, "cpu", best["processes"], best["threads"], best["batch"], False,
+                               "fp32", seconds)
+        trials.append({**best, "channels_last": False, "images_per_s": rate})
+        log(f"  model best split without channels_last: {rate:.1f} images/s")
+    best = max(trials, key=lambda t: t["images_per_s"])
+    return {"best": best, "trials": trials}
+
+
+# ---------------------------------------------------------------- decode ceiling -------------
+_PREP: Optional[Preprocessing] = None
+
+
+def _init_decoder(model_name: str) -> None:
+    global _PREP
+    torch.set_num_threads(1)
+    _PREP = Preprocessing.from_transforms(default_weights(model_name).transforms())
+
+
+def _decode_one(path: str) -> int:
+    tensor = decode_and_preprocess(read_bytes(path, S3Options(), 1 << 30), _PREP)
+    return tensor.shape[-1]
+
+
+def decode_ceiling(model_name: str, files: list[Path], cores: int) -> dict[str, Any]:
+    paths = [str(p) for p in files]
+    with ProcessPoolExecutor(cores, mp_context=mp.get_context("spawn"), initializer=_init_decoder,
+                             initargs=(model_name,)) as pool:
+        list(pool.map(_decode_one, paths[: cores * 4]))  # start and warm the processes
+        started = time.perf_counter()
+        list(pool.map(_decode_one, paths, chunksize=16))
+        elapsed = time.perf_counter() - started
+    return {"processes": cores, "images": len(paths), "images_per_s": len(paths) / elapsed}
+
+
+# ---------------------------------------------------------------- the job --------------------
+def spark_submit() -> str:
+    import pyspark
+
+    return str(Path(pyspark.__file__).parent / "bin" / "spark-submit")
+
+
+def run_timed(command: list[str], env: dict[str, str], log_file: Path) -> float:
+    started = time.perf_counter()
+    with open(log_file, "w") as out:
+        result = subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"{command[0]} ... exited {result.returncode}; see {log_file}")
+    return elapsed
+
+
+def run_job(input_uri: str, output: Path, args, weights: Path, batch: int, env: dict[str, str],
+            extra: list[str], log_file: Path) -> dict[str, Any]:
+    command = [spark_submit(), "--master", f"local[{args.cores}]",
+               "--properties-file", str(PROJECT / "conf" / "spark-defaults.local.conf"),
+               str(PROJECT / "jobs" / "infer_dogs.py"), "--input", input_uri, "--output", str(output),
+               "--model", args.model, "--weights", str(weights), "--batch-size", str(batch),
+               "--mode", "overwrite", *extra, *args.job_args]
+    wall = run_timed(command, env, log_file)
+    summary = json.loads((output / "summary.json").read_text())
+    return {"wall_s": wall, "images": summary["counts"]["images"], "errors": summary["counts"]["errors"],
+            "inference_images_per_s": summary["images_per_s"]["inference"],
+            "inference_s": summary["timing_s"]["inference"], "timing_s": summary["timing_s"],
+            "model_builds": summary["model_builds"], "devices": summary["devices"]}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def upload(endpoint: str, files: list[Path], root: Path, bucket: str) -> str:
+    import boto3
+    from boto3.s3.transfer import TransferConfig
+
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=bucket)
+    config = TransferConfig(use_threads=False)
+    for file in files:
+        client.upload_file(str(file), bucket, "bench/" + file.relative_to(root).as_posix(), Config=config)
+    return f"s3://{bucket}/bench/"
+
+
+# ---------------------------------------------------------------- baselines ------------------
+def tutorial_baseline(files: list[str], model_name: str, weights: str, workers: int) -> None:
+    """The Dask tutorial, as published: delayed preprocessing per image, batches of 80, and for
+    every batch a new model whose weights are loaded again; top-1 and the probability of row 0."""
+    import dask
+    import torchvision
+    from PIL import Image
+    from torchvision import transforms
+
+    @dask.delayed
+    def preprocess(path):
+        transform = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(250), transforms.ToTensor()])
+        with open(path, "rb") as handle:
+            image = Image.open(io.BytesIO(handle.read())).convert("RGB")
+        return transform(image), path
+
+    @dask.delayed
+    def reformat(batch):
+        return {"tensors": torch.stack([item[0] for item in batch]), "names": [item[1] for item in batch]}
+
+    @dask.delayed
+    def run_batch(item):
+        model = torchvision.models.get_model(model_name, weights=None)
+        model.load_state_dict(torch.load(weights, weights_only=True))
+        model.eval()
+        with torch.no_grad():
+            pred_batch = model(item["tensors"])
+            values, indices = torch.max(pred_batch, 1)
+            prob = torch.nn.functional.softmax(pred_batch, dim=1)[0] * 100  # the tutorial's row-0 bug
+        return [(name, int(i), float(prob[int(i)])) for name, i in zip(item["names"], indices)]
+
+    tensors = [preprocess(path) for path in files]
+    batches = [reformat(tensors[i:i + 80]) for i in range(0, len(tensors), 80)]
+    results = dask.compute(*[run_batch(batch) for batch in batches], scheduler="threads", num_workers=workers)
+    assert sum(len(r) for r in results) == len(files)
+
+
+def databricks_baseline(input_dir: str, output: str, model_name: str, weights: str) -> None:
+    """Databricks' reference pattern: binaryFile DataFrame, broadcast state dict, iterator pandas
+    UDF building the model once per task, DataLoader(batch_size=64) over the bytes."""
+    import torchvision
+    from PIL import Image
+    from pyspark.sql import SparkSession
+    from pyspark.sql.functions import col, pandas_udf
+    from pyspark.sql.types import ArrayType, FloatType
+    from torch.utils.data import DataLoader, Dataset
+    from torchvision import transforms
+
+    spark = SparkSession.builder.appName("databricks-pattern").getOrCreate()
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "64")
+    state = torch.load(weights, weights_only=True)
+    bc_model_state = spark.sparkContext.broadcast(state)
+    df = (spark.read.format("binaryFile").option("pathGlobFilter", "*.jpg")
+          .option("recursiveFileLookup", "true").load(input_dir))
+
+    class ImageDataset(Dataset):
+        def __init__(self, contents):
+            self.contents = contents
+
+        def __len__(self):
+            return len(self.contents)
+
+        def __getitem__(self, index):
+            transform = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+                                            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+            return transform(Image.open(io.BytesIO(self.contents[index])).convert("RGB"))
+
+    @pandas_udf(ArrayType(FloatType()))
+    def predict_batch_udf(content_series_iter: Iterator[pd.Series]) -> Iterator[pd.Series]:
+        model = torchvision.models.get_model(model_name, weights=None)
+        model.load_state_dict(bc_model_state.value)
+        model.eval()
+        for content_series in content_series_iter:
+            loader = DataLoader(ImageDataset(list(content_series)), batch_size=64)
+            predictions = []
+            with torch.no_grad():
+                for image_batch in loader:
+                    probs = torch.softmax(model(image_batch), dim=1)
+                    top = probs.max(dim=1)
+                    predictions += [[float(i), float(p)] for i, p in zip(top.indices, top.values)]
+            yield pd.Series(predictions)
+
+    df.select(col("path"), predict_batch_udf(col("content")).alias("prediction")).write.mode("overwrite").parquet(output)
+    spark.stop()
+
+
+# ---------------------------------------------------------------- main -----------------------
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", required=True, help="a Stanford-Dogs-style tree (or its Images/ folder)")
+    parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--copies", type=int, default=7, help="repeat the tree under this many prefixes")
+    parser.add_argument("--cores", type=int, default=os.cpu_count())
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seconds", type=float, default=5.0, help="time per model-ceiling trial")
+    parser.add_argument("--no-s3", dest="s3", action="store_false", help="skip the loopback S3 run")
+    parser.add_argument("--baselines", action="store_true", help="also run the tutorial and Databricks baselines")
+    parser.add_argument("--job-arg", dest="job_args", action="append", default=[],
+                        help="extra argument for the job (repeatable), e.g. --job-arg=--decode-threads=2")
+    parser.add_argument("--out", default="bench-output")
+    parser.add_argument("--baseline-worker", choices=("tutorial", "databricks"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker-args", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.baseline_worker == "tutorial":
+        listing, model_name, weights = args.worker_args
+        tutorial_baseline(Path(listing).read_text().split("\n"), model_name, weights, args.cores)
+        return 0
+    if args.baseline_worker == "databricks":
+        databricks_baseline(*args.worker_args)
+        return 0
+
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="infer-dogs-bench-"))
+    lines: list[str] = []
+
+    def log(message: str) -> None:
+        print(message, flush=True)
+
+    env = {**os.environ, **BENCH_ENV, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    try:
+        files = build_workload(Path(args.images), args.copies, work / "data")
+        weights = work / f"{args.model}-bench.pt"
+        torch.save(random_state_dict(args.model, 0), weights)
+        result: dict[str, Any] = {
+            "model": args.model, "images": len(files), "cores": args.cores, "device": args.device,
+            "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                        "cpus": os.cpu_count(), "torch": torch.__version__,
+                        "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None},
+        }
+        log(f"workload: {len(files)} images ({args.copies} copies), model {args.model}, {args.cores} cores, {args.device}")
+
+        log("model ceiling ...")
+        result["model_ceiling"] = model_ceiling(args.model, weights, args.device, args.cores, args.seconds, log)
+        best = result["model_ceiling"]["best"]
+        log("decode ceiling ...")
+        result["decode_ceiling"] = decode_ceiling(args.model, files, args.cores)
+        model_rate, decode_rate = best["images_per_s"], result["decode_ceiling"]["images_per_s"]
+        combined = min(model_rate, decode_rate) if args.device == "cuda" else 1 / (1 / model_rate + 1 / decode_rate)
+        result["combined_ceiling_images_per_s"] = combined
+
+        log("job, local folder ...")
+        result["job_local"] = run_job(str(work / "data"), work / "run-local", args, weights, best["batch"], env, [],
+                                      out / f"job-local-{args.model}.log")
+        if args.s3:
+            from moto.server import ThreadedMotoServer
+
+            os.environ.update(BENCH_ENV)
+            import logging
+
+            logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto logs every request
+            port = free_port()
+            server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+            server.start()
+            try:
+                endpoint = f"http://127.0.0.1:{port}"
+                uri = upload(endpoint, files, work / "data", "bench")
+                log("job, loopback S3 ...")
+                result["job_s3"] = run_job(uri, work / "run-s3", args, weights, best["batch"], env,
+                                           ["--s3-endpoint-url", endpoint], out / f"job-s3-{args.model}.log")
+            finally:
+                server.stop()
+
+        if args.baselines:
+            listing = work / "files.txt"
+            listing.write_text("\n".join(str(f) for f in files))
+            log("baseline: the Dask tutorial ...")
+            result["tutorial"] = {"wall_s": run_timed(
+                [sys.executable, __file__, "--cores", str(args.cores), "--images", args.images,
+                 "--baseline-worker", "tutorial", "--worker-args", str(listing), args.model, str(weights)],
+                env, out / f"tutorial-{args.model}.log")}
+            log("baseline: the Databricks pattern ...")
+            result["databricks"] = {"wall_s": run_timed(
+                [spark_submit(), "--master", f"local[{args.cores}]", "--driver-memory", "2g", __file__,
+                 "--images", args.images, "--baseline-worker", "databricks", "--worker-args",
+                 str(work / "data"), str(work / "run-databricks"), args.model, str(weights)],
+                env, out / f"databricks-{args.model}.log")}
+
+        job_rate = result["job_local"]["inference_images_per_s"]
+        result["ratios"] = {"job_local_inference_vs_combined_ceiling": job_rate / combined}
+        if "job_s3" in result:
+            result["ratios"]["job_s3_inference_vs_combined_ceiling"] = result["job_s3"]["inference_images_per_s"] / combined
+        if args.baselines:
+            result["ratios"]["tutorial_wall_vs_job_wall"] = result["tutorial"]["wall_s"] / result["job_local"]["wall_s"]
+            result["ratios"]["databricks_wall_vs_job_wall"] = result["databricks"]["wall_s"] / result["job_local"]["wall_s"]
+
+        table = format_table(result)
+        print(table)
+        (out / f"bench-{args.model}-{args.device}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / f"bench-{args.model}-{args.device}.txt").write_text(table + "\n")
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    best = result["model_ceiling"]["best"]
+    rows = [
+        ("model ceiling", f"{best['images_per_s']:.1f} images/s",
+         f"{best['processes']} proc x {best['threads']} thr, batch {best['batch']}, "
+         f"channels_last {best['channels_last']}, {best['precision']}"),
+        ("decode ceiling", f"{result['decode_ceiling']['images_per_s']:.1f} images/s",
+         f"{result['decode_ceiling']['processes']} processes"),
+        ("combined ceiling", f"{result['combined_ceiling_images_per_s']:.1f} images/s",
+         "1/(1/model+1/decode)" if result["device"] == "cpu" else "min(model, decode)"),
+    ]
+    for name in ("job_local", "job_s3"):
+        if name in result:
+            job = result[name]
+            rows.append((f"job ({name[4:]}) inference", f"{job['inference_images_per_s']:.1f} images/s",
+                         f"{result['ratios'][f'{name}_inference_vs_combined_ceiling']:.2f} x combined ceiling"))
+            rows.append((f"job ({name[4:]}) whole process", f"{job['wall_s']:.1f} s", f"{job['images']} images"))
+    for name in ("tutorial", "databricks"):
+        if name in result:
+            rows.append((f"{name} whole process", f"{result[name]['wall_s']:.1f} s",
+                         f"job is {result['ratios'][f'{name}_wall_vs_job_wall']:.2f} x faster"))
+    width = max(len(r[0]) for r in rows)
+    header = (f"infer-dogs bench: {result['model']}, {result['images']} images, {result['cores']} cores, "
+              f"{result['device']}{' (' + result['machine']['gpu'] + ')' if result['machine']['gpu'] else ''}")
+    return "\n".join([header] + [f"  {a:<{width}}  {b:>16}  {c}" for a, b, c in rows])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""`--dry-run` (jobs/dry_run.py): the plan without scoring, and its task count matching a run's."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from jobs.dry_run import Slots, format_plan, planned_tasks, slots_for
+from jobs.infer_dogs import main
+from jobs.listing import build_listing
+from jobs.spark_session import scoring_partitions
+from udfs.settings import Settings
+
+
+def conf(**values):
+    return lambda key: values.get(key)
+
+
+@pytest.mark.parametrize("master, values, expected", [
+    ("local", {}, 1),
+    ("local[3]", {}, 3),
+    ("local[4, 2]", {}, 4),
+    ("local[*]", {}, os.cpu_count()),
+    ("local-cluster[2,1,1024]", {}, 2),
+    ("local-cluster[1,1,1024]", {}, 2),  # Spark's default parallelism is at least 2 on a cluster
+    ("yarn", {"spark.executor.instances": "4", "spark.executor.cores": "8"}, 32),
+    ("yarn", {"spark.default.parallelism": "12", "spark.executor.instances": "4"}, 12),
+    ("yarn", {"spark.executor.instances": "4", "spark.executor.cores": "8",
+              "spark.dynamicAllocation.enabled": "true"}, None),
+    ("k8s://https://api:6443", {}, None),
+])
+def test_slots_follow_sparks_default_parallelism(master, values, expected):
+    assert slots_for(master, values.get).count == expected
+
+
+def test_planned_tasks_equal_what_a_run_uses(spark):
+    """The test session is local[2]: the dry run's rule gives the partitions score_images makes."""
+    slots = slots_for("local[2]", conf())
+    for n_images in (1, 4, 120, 5000):
+        assert planned_tasks(slots.count, n_images, 3) == scoring_partitions(spark, n_images, 3)
+
+
+def test_plan_lists_classes_and_tasks_and_unknown_slots():
+    listing = build_listing([("/d/n02085620-Chihuahua/a.jpg", 2**20), ("/d/n02085620-Chihuahua/b.jpg", 2**20),
+                             ("/d/n02088364-beagle/c.jpg", 10), ("/d/cats/d.jpg", 10), ("/d/notes.txt", 5)])
+    settings = Settings(input="/d", output="/out")
+    text = format_plan(settings, listing, "local[2]", Slots(2, "master local[2]: 2 threads"))
+    assert "images 4 in 3 classes (4 listed; 1 non-image objects skipped)" in text
+    assert "scoring tasks: 4 = min(4 images, 2 slots x 3 per slot)" in text
+    assert "without a known truth" in text and ": 1 images" in text
+    table = text.split("\n\n", 1)[1].splitlines()
+    assert [line.split()[-2] for line in table[1:]] == ["1", "1", "2"]  # beagle, cats, Chihuahua: by label
+    unknown = format_plan(settings, listing, "yarn", slots_for("yarn", conf()))
+    assert "scoring tasks: min(4 images, slots x 3 per slot); master yarn: slots depend" in unknown
+
+
+def test_dry_run_scores_nothing_and_writes_nothing(sample_images, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["--input", str(sample_images.images_dir), "--output", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    n = len(sample_images.files())
+    assert printed.startswith("DRY RUN: nothing is scored and nothing is written.")
+    assert f"images {n} in " in printed and "scoring tasks: " in printed
+    for breed in {f.parent.name.split("-", 1)[1].replace("_", " ") for f in sample_images.files()}:
+        assert breed in printed
+    assert not out.exists()

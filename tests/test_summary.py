@@ -1,0 +1,45 @@
+"""The printed run summary (jobs/summary.py): one row per fact, the random-weights banner first."""
+
+from __future__ import annotations
+
+from jobs.summary import build_summary, format_summary, summary_rows
+from udfs.settings import Settings, WeightsSource
+
+
+def make_summary(random: bool = False) -> dict:
+    source = WeightsSource(kind="random" if random else "file", description="w.pt", sha256="ab" * 32,
+                           file_name="w.pt", seed=1 if random else None)
+    settings = Settings(input="s3://b/dogs/", output="/runs/r1", model="resnet50").with_weights_source(source)
+    settings = settings.with_run_id("20260101T000000Z-abcdef")
+    totals = {"images": 1200, "scored": 1197, "errors": 3, "with_truth": 1197, "top1_accuracy": 0.8,
+              "top5_accuracy": 0.95, "errors_by_kind": {"decode_error": 2, "not_found": 1}}
+    records = [{"host": "h", "pid": 1, "executor_pid": 9, "device": "cpu", "gpu_addresses": [], "model_built": True,
+                "images": 1200, "started": 100.0, "finished": 160.0}]
+    timings = {"listing": 1.25, "spark_start": 8.0, "weights": 0.5, "score_and_write_predictions": 62.0,
+               "aggregate": 3.0, "report": 2.0}
+    timings["total"] = sum(timings.values())
+    return build_summary(settings, totals, {"listed": 1200, "skipped_non_image": 4}, records, timings,
+                         {"version": "4.3.0"}, {"predictions": "/runs/r1/predictions", "report": "/runs/r1/report.html"})
+
+
+def test_rows_cover_accuracy_images_errors_rates_time_and_outputs():
+    rows = dict(summary_rows(make_summary()))
+    assert rows["top-1 accuracy"] == "80.00% over 1,197 images with a known truth"
+    assert rows["top-5 accuracy"] == "95.00%"
+    assert rows["images"] == "1,200: 1,197 scored, 3 errors (4 non-image objects skipped)"
+    assert rows["errors by kind"] == "decode_error 2, not_found 1"
+    assert rows["images/s"] == "20.0 inference, 15.64 end to end"
+    assert rows["wall time"] == ("76.8 s: listing 1.2, Spark start 8.0, weights 0.5, scoring + writing predictions "
+                                 "62.0, per-class aggregation 3.0, report 2.0 (first scoring task start to last end: "
+                                 "60.0)")
+    assert rows["report"] == "/runs/r1/report.html"
+
+
+def test_printed_summary_is_an_aligned_table_with_the_banner_first_when_random():
+    text = format_summary(make_summary(random=True))
+    lines = text.splitlines()
+    assert lines[0] == "!" * 100 and lines[1].startswith("RANDOM WEIGHTS") and lines[2] == "!" * 100
+    assert lines[3].startswith("run ")
+    columns = {len(line) - len(line[line.index("  "):].lstrip()) for line in lines[3:]}
+    assert len(columns) == 1, "values start in one column"
+    assert "RANDOM" not in format_summary(make_summary()).splitlines()[0]
