@@ -90,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="objects larger than this are not read (error_kind too_large)")
     perf.add_argument("--master", default=None,
                       help="Spark master when not set by spark-submit (default local[*])")
+    perf.add_argument("--gpu-stage-only", action="store_true",
+                      help="only the scoring stage (which also writes predictions) asks Spark for GPUs, through a "
+                           "stage-level TaskResourceProfile; the other stages are not held to one task per GPU share. "
+                           "Needs spark.executor.resource.gpu.amount, no spark.task.resource.gpu.amount, and a "
+                           "cluster manager (standalone, YARN, Kubernetes)")
+    perf.add_argument("--gpu-task-amount", type=float, default=None, metavar="FRACTION",
+                      help="with --gpu-stage-only: the GPU share of one scoring task (1: one task per GPU; "
+                           "0.25: four tasks share a GPU); default 1")
 
     s3 = parser.add_argument_group("S3")
     s3.add_argument("--s3-endpoint-url", default=None, help="custom S3 endpoint (MinIO, moto, a VPC endpoint)")
@@ -188,6 +196,14 @@ def validate(settings: Settings) -> None:
         raise UsageError("--s3-max-attempts must be at least 1")
     if settings.top_k > 1000:
         raise UsageError("--top-k must be at most 1000")
+    if settings.gpu_task_amount is not None:
+        if not settings.gpu_stage_only:
+            raise UsageError("--gpu-task-amount needs --gpu-stage-only "
+                             "(without it, every stage's share is spark.task.resource.gpu.amount)")
+        amount = settings.gpu_task_amount
+        if not (amount > 0 and (amount <= 1 or amount.is_integer())):
+            raise UsageError("--gpu-task-amount must be a fraction of at most 1 or a whole number of GPUs "
+                             "(Spark's rule for task resource amounts)")
     if settings.progress not in PROGRESS_MODES:
         raise UsageError(f"--progress must be one of {', '.join(PROGRESS_MODES)}")
     if settings.progress_interval <= 0:

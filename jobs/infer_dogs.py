@@ -36,7 +36,7 @@ from jobs.outputs import OutputExistsError, RunPaths, prepare_output, write_parq
 from jobs.per_class import overall_counts, per_class_accuracy
 from jobs.progress import ScoringProgress
 from jobs.report import write_run_report
-from jobs.spark_session import configure_session, scoring_partitions, start_spark
+from jobs.spark_session import GpuSchedulingError, configure_session, scoring_partitions, scoring_profile, start_spark
 from jobs.summary import build_summary, format_per_class, format_summary
 from udfs.model import WeightsError, resolve_weights
 from udfs.schema import IMAGES_SCHEMA, SCORED_SCHEMA
@@ -77,7 +77,8 @@ def score_images(spark: SparkSession, settings: Settings, images, task_log) -> D
     """The lazy predictions DataFrame: paths spread over the slots, scored by the UDF."""
     frame = spark.createDataFrame(images, schema=IMAGES_SCHEMA)
     frame = frame.repartition(scoring_partitions(spark, len(images), settings.tasks_per_slot))
-    scored = frame.mapInPandas(make_score_fn(settings, task_log), SCORED_SCHEMA)
+    scored = frame.mapInPandas(make_score_fn(settings, task_log), SCORED_SCHEMA,
+                               profile=scoring_profile(spark, settings))
     return scored.select(
         *SCORED_SCHEMA.fieldNames(),
         F.lit(settings.model).alias("model"),
@@ -182,7 +183,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         summary = run_job(spark, settings, listing, timings)
         per_class = spark.read.parquet(summary["outputs"]["per_class_accuracy"]).toPandas()
-    except (OutputExistsError, WeightsError) as exc:
+    except (OutputExistsError, WeightsError, GpuSchedulingError) as exc:
         print(f"infer-dogs: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:  # the job failed: say so in one line, keep the traceback in the log

@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Optional
 
 from pyspark import SparkConf, SparkContext
+from pyspark.resource import ResourceProfile, ResourceProfileBuilder, TaskResourceRequests
 from pyspark.sql import SparkSession
 
 from udfs.settings import Settings
@@ -75,6 +77,35 @@ def start_spark(settings: Settings, app_name: str = "infer-dogs") -> SparkSessio
 def configure_session(spark: SparkSession, settings: Settings) -> None:
     """Runtime (SQL) settings, also applied to a session the caller already had."""
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(settings.arrow_batch_size))
+
+
+class GpuSchedulingError(ValueError):
+    """--gpu-stage-only cannot work with this Spark configuration (a user error: exit code 2)."""
+
+
+def scoring_profile(spark: SparkSession, settings: Settings) -> Optional[ResourceProfile]:
+    """With --gpu-stage-only: a TaskResourceProfile asking a GPU share for each scoring task only.
+
+    Executors get their GPUs from the default profile (spark.executor.resource.gpu.*); only the
+    stage that runs the UDF asks for them, so the other stages are not limited to one task per
+    GPU share. Spark supports this without dynamic allocation on standalone, YARN and Kubernetes.
+    """
+    if not settings.gpu_stage_only:
+        return None
+    context = spark.sparkContext
+    conf = context.getConf()
+    if context.master == "local" or context.master.startswith("local["):
+        raise GpuSchedulingError("--gpu-stage-only needs a cluster manager (standalone, YARN, Kubernetes); "
+                                 f"master {context.master} has no stage-level scheduling")
+    if not conf.contains("spark.executor.resource.gpu.amount"):
+        raise GpuSchedulingError("--gpu-stage-only needs executors with GPUs: set spark.executor.resource.gpu.amount "
+                                 "(see conf/spark-defaults.gpu.conf), else the scoring tasks never start")
+    if conf.contains("spark.task.resource.gpu.amount"):
+        log.warning("--gpu-stage-only with spark.task.resource.gpu.amount set: every other stage asks for GPUs too")
+    requests = TaskResourceRequests().cpus(int(conf.get("spark.task.cpus", "1")))
+    requests.resource("gpu", settings.gpu_task_amount or 1.0)
+    log.info("scoring stage asks for %s GPU per task (stage-level scheduling)", settings.gpu_task_amount or 1.0)
+    return ResourceProfileBuilder().require(requests).build
 
 
 def scoring_partitions(spark: SparkSession, n_images: int, tasks_per_slot: int) -> int:

@@ -72,6 +72,8 @@ class Settings:
     max_image_bytes: int = 64 * 1024 * 1024
     tasks_per_slot: int = 3
     master: Optional[str] = None
+    gpu_stage_only: bool = False  # driver-only: a ResourceProfile for the scoring stage
+    gpu_task_amount: Optional[float] = None
     # Driver-only: how the run talks to the person running it (jobs/progress.py, jobs/report.py).
     dry_run: bool = False
     verbose: int = 0
