@@ -19,6 +19,10 @@ DPI = 100
 GREEN, RED, GREY, BLUE = "#2e7d32", "#c62828", "#9e9e9e", "#1565c0"
 
 
+def _shorten(text: str, width: int = 90) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def _figure(width: float, height: float) -> Figure:
     figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     return figure
@@ -92,7 +96,7 @@ def confidence_histogram(bins: pd.DataFrame, path: Path, random_weights: bool = 
     """How confident the model was (top-1 probability), split into right, wrong and no truth."""
     if int(bins["n"].sum()) == 0:
         return _empty(path, "No image was scored.", random_weights)
-    figure = _figure(8, 4)
+    figure = _figure(6.5, 6)  # the reliability diagram's size: the report shows them side by side
     ax = figure.subplots()
     left = bins["bin_low"].to_numpy() * 100
     width = (bins["bin_high"] - bins["bin_low"]).to_numpy() * 100
@@ -184,7 +188,8 @@ def accuracy_differences(table: pd.DataFrame, path: Path, name_a: str, name_b: s
                           zip(known["label"], known["n_scored_a"], known["n_scored_b"])], fontsize=9)
         limit = max(5.0, float(np.abs(delta).max()) * 1.15)
         ax.set_xlim(-limit, limit)
-        ax.set_xlabel(f"top-1 accuracy of B minus A (percentage points)\nA = {name_a}\nB = {name_b}")
+        ax.set_xlabel(f"top-1 accuracy of B minus A (percentage points)\nA = {_shorten(name_a)}\n"
+                      f"B = {_shorten(name_b)}", fontsize=9)
         ax.set_title("Per-breed top-1 accuracy difference (B - A)", fontsize=11)
         ax.grid(axis="x", alpha=0.3)
     if random_note:

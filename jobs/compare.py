@@ -34,7 +34,7 @@ def _delta(a: Optional[float], b: Optional[float]) -> Optional[float]:
 
 def run_name(data: RunData) -> str:
     summary = data.summary
-    return f"{summary.get('model')} {summary.get('weights', {}).get('description', '')} ({summary.get('run_id')})"
+    return f"{summary.get('run_id')}: {summary.get('model')}, {summary.get('weights', {}).get('description', '')}"
 
 
 def compare_runs(a: RunData, b: RunData) -> Comparison:

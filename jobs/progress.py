@@ -91,6 +91,8 @@ def format_duration(seconds: Optional[float]) -> str:
 
 
 def format_tasks(snapshot: Snapshot) -> str:
+    if not (snapshot.tasks_done or snapshot.tasks_running or snapshot.tasks_failed):
+        return "tasks starting"
     text = f"tasks {snapshot.tasks_done} done, {snapshot.tasks_running} running"
     if snapshot.tasks_failed:
         text += f", {snapshot.tasks_failed} failed attempts"

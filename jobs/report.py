@@ -85,10 +85,13 @@ def mistake_thumbnails(mistakes: pd.DataFrame, s3: S3Options) -> list[Thumbnail]
     paths = list(mistakes["path"])
     with ThreadPoolExecutor(max_workers=THUMBNAIL_THREADS) as pool:
         images = list(pool.map(lambda p: load_thumbnail(p, s3), paths))
-    return [
-        Thumbnail(row.path, f"true: {row.label}\npred: {row.pred_label} ({100 * row.pred_prob:.0f}%)", image)
-        for row, image in zip(mistakes.itertuples(), images)
-    ]
+    return [Thumbnail(row.path, f"true: {row.label}\npred: {row.pred_label} ({probability_text(row.pred_prob)})", image)
+            for row, image in zip(mistakes.itertuples(), images)]
+
+
+def probability_text(prob: float) -> str:
+    """`87%`; one decimal near the top, so that 0.996 does not read as a certain 100%."""
+    return f"{100 * prob:.1f}%" if 0.99 < prob < 1.0 else f"{100 * prob:.0f}%"
 
 
 def _jpeg_base64(image: Image.Image) -> str:

@@ -41,9 +41,13 @@ def spark_log_level(verbose: int) -> str:
 
 
 def set_jvm_log_level(level: str) -> None:
-    """Spark's log level before a SparkContext exists, so that its start-up INFO lines are quiet too."""
+    """Spark's log level before a SparkContext exists, so that its start-up INFO lines are quiet too.
+
+    spark-submit resets Spark's logging before it runs the job, and the SparkContext would then
+    load log4j2-defaults (INFO) over any level set here: initialise it first (silently)."""
     jvm = SparkContext._jvm
     if jvm is not None:
+        jvm.org.apache.spark.SparkConf(False).initializeLogIfNecessary(False, True)
         jvm.org.apache.logging.log4j.core.config.Configurator.setRootLevel(
             jvm.org.apache.logging.log4j.Level.toLevel(level))
 

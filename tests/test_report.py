@@ -127,7 +127,9 @@ def test_misclassified_grid_shows_the_most_confident_mistakes(report_run, parsed
     by_path = wrong.set_index("path")
     for img, caption in zip(thumbnails, parsed.figure_captions):
         row = by_path.loc[img["title"]]
-        assert caption == f"true: {row['label']}\npred: {row['pred_label']} ({100 * row['pred_prob']:.0f}%)"
+        prob = 100 * row["pred_prob"]
+        shown = f"{prob:.1f}%" if 99 < prob < 100 else f"{prob:.0f}%"
+        assert caption == f"true: {row['label']}\npred: {row['pred_label']} ({shown})"
         media, data = decode_data_uri(img["src"])
         assert media == "image/jpeg" and data[:3] == b"\xff\xd8\xff"
     shown = [float(by_path.loc[img["title"], "pred_prob"]) for img in thumbnails]
@@ -252,3 +254,18 @@ def test_subcommands_only_when_named_first():
 
     assert is_subcommand(["report", "/runs/r1"]) and is_subcommand(["compare", "a", "b"])
     assert not is_subcommand(["--input", "report", "--output", "compare"]) and not is_subcommand([])
+
+
+def test_report_for_a_remote_run_dir_is_copied_through_hadoop(spark, report_run, tmp_path, monkeypatch):
+    """hdfs://, s3:// and dbfs:/ run directories: built locally, then copied with Hadoop's FileSystem."""
+    import jobs.report as report
+    from udfs.settings import S3Options
+
+    out, summary, _ = report_run
+    copy = tmp_path / "remote"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("report.html", "charts"))
+    monkeypatch.setattr(report, "is_local_uri", lambda uri: False)  # file:// through the Hadoop path
+    data = read_with_spark(spark, f"file://{copy}", summary)
+    assert report.write_report(data, S3Options(), spark) == f"file://{copy}/report.html"
+    assert parse_report((copy / "report.html").read_text(encoding="utf-8")).tables["per-breed"]
+    assert {p.name for p in (copy / "charts").iterdir()} >= CHART_NAMES
