@@ -26,6 +26,7 @@ except ModuleNotFoundError as missing:  # spark-submit puts jobs/ on sys.path, n
     sys.exit(f"infer-dogs: error: cannot import the project ({missing}); install it with "
              "`pip install -e .` (or ship it with --py-files / spark.archives) before spark-submit")
 
+from pyspark.resource import ResourceProfile
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -73,12 +74,12 @@ def ship_weights(spark: SparkSession, settings: Settings) -> Settings:
     return settings.with_weights_source(source)
 
 
-def score_images(spark: SparkSession, settings: Settings, images, task_log) -> DataFrame:
-    """The lazy predictions DataFrame: paths spread over the slots, scored by the UDF."""
+def score_images(spark: SparkSession, settings: Settings, images, task_log,
+                 profile: Optional[ResourceProfile] = None) -> DataFrame:
+    """The lazy predictions DataFrame: paths spread over the slots, scored by the UDF (on `profile`)."""
     frame = spark.createDataFrame(images, schema=IMAGES_SCHEMA)
     frame = frame.repartition(scoring_partitions(spark, len(images), settings.tasks_per_slot))
-    scored = frame.mapInPandas(make_score_fn(settings, task_log), SCORED_SCHEMA,
-                               profile=scoring_profile(spark, settings))
+    scored = frame.mapInPandas(make_score_fn(settings, task_log), SCORED_SCHEMA, profile=profile)
     return scored.select(
         *SCORED_SCHEMA.fieldNames(),
         F.lit(settings.model).alias("model"),
@@ -94,6 +95,7 @@ def run_job(spark: SparkSession, settings: Settings, listing: Listing,
     started = time.perf_counter()
     paths = RunPaths(settings.output)
     configure_session(spark, settings)
+    profile = scoring_profile(spark, settings)  # checked before OUTPUT is touched, like the weights
     settings = settings.with_run_id(settings.run_id or new_run_id())
     prepare_output(spark, paths, settings.mode)
     settings = ship_weights(spark, settings)
@@ -104,7 +106,7 @@ def run_job(spark: SparkSession, settings: Settings, listing: Listing,
     with ScoringProgress(spark.sparkContext, total_images=len(listing.images), task_log=task_log,
                          mode=settings.progress, interval_s=settings.progress_interval,
                          tag=f"infer-dogs-scoring-{settings.run_id}"):
-        write_parquet(score_images(spark, settings, listing.images, task_log), paths.predictions)
+        write_parquet(score_images(spark, settings, listing.images, task_log, profile), paths.predictions)
     timings["score_and_write_predictions"] = time.perf_counter() - step
 
     step = time.perf_counter()
