@@ -15,7 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from udfs.settings import PRECISIONS, PROGRESS_MODES, WRITE_MODES, S3Options, Settings
+from udfs.settings import GRAPH_MODES, PRECISIONS, PROGRESS_MODES, WRITE_MODES, S3Options, Settings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,6 +29,8 @@ S3_FLAGS = {
     "s3_region": "region",
     "s3_retry_mode": "retry_mode",
     "s3_max_attempts": "max_attempts",
+    "s3_connect_timeout": "connect_timeout_s",
+    "s3_read_timeout": "read_timeout_s",
 }
 
 
@@ -60,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--output", help="run directory: local path, file://, hdfs://, s3:// or dbfs:/ where the cluster can write (required)")
     io.add_argument("--mode", choices=WRITE_MODES, default="error",
                     help="what to do when OUTPUT already holds a run: stop with an error, or replace it")
+    io.add_argument("--resume", action="store_true",
+                    help="finish an interrupted run in OUTPUT: keep its committed predictions (same model and "
+                         "weights), score only the images without a row, then aggregate everything")
+    io.add_argument("--commit-every", type=int, default=10_000, metavar="N",
+                    help="commit predictions in chunks of N images: a run killed part-way keeps the "
+                         "finished chunks for --resume")
     io.add_argument("--limit", type=int, default=None, help="score only the first N images (in listing order)")
     io.add_argument("--label-map", default=None,
                     help="CSV with columns label,wnid giving the truth for folders not named <wnid>-<Breed>")
@@ -77,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="autocast precision; auto = fp16 on CUDA, fp32 on CPU")
     model.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                        help="keep NCHW memory layout (channels_last is faster for convolutions)")
+    model.add_argument("--graph", choices=GRAPH_MODES, default="auto",
+                       help="how the model runs: eager; torchscript (traced and frozen: conv+bn fused by oneDNN, "
+                            "~1.3x faster on CPU); compile (torch.compile, long warm-up, for long GPU runs); "
+                            "auto = torchscript on CPU, eager on CUDA")
+    model.add_argument("--gpu-decode", action="store_true",
+                       help="decode JPEGs in batches on the model's device (nvjpeg on CUDA); others use Pillow")
 
     perf = parser.add_argument_group("performance")
     perf.add_argument("--batch-size", type=int, default=16, help="images per model forward pass")
@@ -105,7 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     s3.add_argument("--s3-region", default=None, help="S3 region (default: boto3's own resolution)")
     s3.add_argument("--s3-retry-mode", choices=("standard", "adaptive", "legacy"), default="adaptive",
                     help="boto3 retry mode")
-    s3.add_argument("--s3-max-attempts", type=int, default=10, help="boto3 max attempts per request")
+    s3.add_argument("--s3-max-attempts", type=int, default=10,
+                    help="boto3 max attempts per request (also per object body that breaks off mid-stream)")
+    s3.add_argument("--s3-connect-timeout", type=float, default=10.0, help="seconds to wait for a connection")
+    s3.add_argument("--s3-read-timeout", type=float, default=60.0,
+                    help="seconds to wait for an answer; a request past it is retried like a 5xx")
 
     run = parser.add_argument_group("what the run shows")
     run.add_argument("--dry-run", action="store_true",
@@ -190,10 +208,18 @@ def validate(settings: Settings) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
     if settings.mode not in WRITE_MODES:
         raise UsageError(f"--mode must be one of {', '.join(WRITE_MODES)}")
+    if settings.resume and settings.mode == "overwrite":
+        raise UsageError("--resume and --mode overwrite exclude each other (resume keeps OUTPUT's predictions)")
+    if settings.commit_every < 1:
+        raise UsageError("--commit-every must be at least 1")
+    if settings.graph not in GRAPH_MODES:
+        raise UsageError(f"--graph must be one of {', '.join(GRAPH_MODES)}")
     if settings.precision not in PRECISIONS:
         raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}")
     if settings.s3.max_attempts < 1:
         raise UsageError("--s3-max-attempts must be at least 1")
+    if settings.s3.connect_timeout_s <= 0 or settings.s3.read_timeout_s <= 0:
+        raise UsageError("--s3-connect-timeout and --s3-read-timeout must be more than 0 seconds")
     if settings.top_k > 1000:
         raise UsageError("--top-k must be at most 1000")
     if settings.gpu_task_amount is not None:

@@ -45,7 +45,7 @@ import torch
 PROJECT = Path(__file__).resolve().parents[1]
 
 from udfs.decode import Preprocessing, decode_and_preprocess, normalize_batch  # noqa: E402
-from udfs.model import default_weights, load_model, random_state_dict  # noqa: E402
+from udfs.model import default_weights, load_model, optimize_graph, random_state_dict  # noqa: E402
 from udfs.storage import read_bytes  # noqa: E402
 from udfs.settings import S3Options  # noqa: E402
 
@@ -71,12 +71,13 @@ def build_workload(images: Path, copies: int, target: Path) -> list[Path]:
 
 # ---------------------------------------------------------------- model ceiling --------------
 def _forward_loop(model_name: str, weights: str, device: str, threads: int, batch: int, channels_last: bool,
-                  precision: str, seconds: float, barrier, results) -> None:
+                  precision: str, graph: str, seconds: float, barrier, results) -> None:
     torch.set_num_threads(threads)
     dev = torch.device(device)
-    model = load_model(model_name, Path(weights), dev, channels_last)
     prep = Preprocessing.from_transforms(default_weights(model_name).transforms())
     size = prep.crop_size[0]
+    model = optimize_graph(load_model(model_name, Path(weights), dev, channels_last), graph, dev, batch, size,
+                           channels_last)
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
 
@@ -102,11 +103,12 @@ def _forward_loop(model_name: str, weights: str, device: str, threads: int, batc
 
 
 def measure_forward(model_name: str, weights: Path, device: str, processes: int, threads: int, batch: int,
-                    channels_last: bool, precision: str, seconds: float) -> float:
+                    channels_last: bool, precision: str, seconds: float, graph: str = "auto") -> float:
     context = mp.get_context("spawn")
     barrier, results = context.Barrier(processes), context.Queue()
     workers = [context.Process(target=_forward_loop, args=(model_name, str(weights), device, threads, batch,
-                                                           channels_last, precision, seconds, barrier, results))
+                                                           channels_last, precision, graph, seconds, barrier,
+                                                           results))
                for _ in range(processes)]
     for worker in workers:
         worker.start()
@@ -123,7 +125,7 @@ def model_ceiling(model_name: str, weights: Path, device: str, cores: int, secon
             for batch in (64, 128, 256):
                 rate = measure_forward(model_name, weights, "cuda", 1, cores, batch, True, precision, seconds)
                 trials.append({"processes": 1, "threads": cores, "batch": batch, "channels_last": True,
-                               "precision": precision, "images_per_s": rate})
+                               "precision": precision, "graph": "eager", "images_per_s": rate})
                 log(f"  model {precision} batch {batch}: {rate:.1f} images/s")
     else:
         splits = [(p, cores // p) for p in range(1, cores + 1) if cores % p == 0]
@@ -132,13 +134,15 @@ def model_ceiling(model_name: str, weights: Path, device: str, cores: int, secon
             for batch in batches:
                 rate = measure_forward(model_name, weights, "cpu", processes, threads, batch, True, "fp32", seconds)
                 trials.append({"processes": processes, "threads": threads, "batch": batch, "channels_last": True,
-                               "precision": "fp32", "images_per_s": rate})
-                log(f"  model {processes} proc x {threads} thr, batch {batch}, channels_last: {rate:.1f} images/s")
+                               "precision": "fp32", "graph": "torchscript", "images_per_s": rate})
+                log(f"  model {processes} proc x {threads} thr, batch {batch}, channels_last, torchscript: "
+                    f"{rate:.1f} images/s")
         best = max(trials, key=lambda t: t["images_per_s"])
-        rate = measure_forward(model_name, weights, "cpu", best["processes"], best["threads"], best["batch"], False,
-                               "fp32", seconds)
-        trials.append({**best, "channels_last": False, "images_per_s": rate})
-        log(f"  model best split without channels_last: {rate:.1f} images/s")
+        for channels_last, graph in ((True, "eager"), (False, "eager")):
+            rate = measure_forward(model_name, weights, "cpu", best["processes"], best["threads"], best["batch"],
+                                   channels_last, "fp32", seconds, graph)
+            trials.append({**best, "channels_last": channels_last, "graph": graph, "images_per_s": rate})
+            log(f"  model best split, eager, channels_last {channels_last}: {rate:.1f} images/s")
     best = max(trials, key=lambda t: t["images_per_s"])
     return {"best": best, "trials": trials}
 
@@ -198,7 +202,8 @@ def run_job(input_uri: str, output: Path, args, weights: Path, batch: int, env: 
     return {"wall_s": wall, "images": summary["counts"]["images"], "errors": summary["counts"]["errors"],
             "inference_images_per_s": summary["images_per_s"]["inference"],
             "inference_s": summary["timing_s"]["inference"], "timing_s": summary["timing_s"],
-            "model_builds": summary["model_builds"], "devices": summary["devices"]}
+            "model_builds": summary["model_builds"], "devices": summary["devices"],
+            "worker_peak_rss_mb": max(w["peak_rss_mb"] for w in summary["workers"])}
 
 
 def free_port() -> int:
@@ -316,6 +321,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="time per model-ceiling trial")
     parser.add_argument("--no-s3", dest="s3", action="store_false", help="skip the loopback S3 run")
     parser.add_argument("--baselines", action="store_true", help="also run the tutorial and Databricks baselines")
+    parser.add_argument("--rss-check", action="store_true",
+                        help="also run the job on one copy, to compare Python worker peak RSS at 1x and Nx images")
     parser.add_argument("--job-arg", dest="job_args", action="append", default=[],
                         help="extra argument for the job (repeatable), e.g. --job-arg=--decode-threads=2")
     parser.add_argument("--out", default="bench-output")
@@ -364,6 +371,10 @@ def main() -> int:
         log("job, local folder ...")
         result["job_local"] = run_job(str(work / "data"), work / "run-local", args, weights, best["batch"], env, [],
                                       out / f"job-local-{args.model}.log")
+        if args.rss_check:
+            log("job, one copy (memory check) ...")
+            result["job_one_copy"] = run_job(str(work / "data" / "copy00"), work / "run-one", args, weights,
+                                             best["batch"], env, [], out / f"job-one-copy-{args.model}.log")
         if args.s3:
             from moto.server import ThreadedMotoServer
 
@@ -402,6 +413,9 @@ def main() -> int:
         result["ratios"] = {"job_local_inference_vs_combined_ceiling": job_rate / combined}
         if "job_s3" in result:
             result["ratios"]["job_s3_inference_vs_combined_ceiling"] = result["job_s3"]["inference_images_per_s"] / combined
+        if args.rss_check:
+            result["ratios"]["worker_peak_rss_all_vs_one_copy"] = (
+                result["job_local"]["worker_peak_rss_mb"] / result["job_one_copy"]["worker_peak_rss_mb"])
         if args.baselines:
             result["ratios"]["tutorial_wall_vs_job_wall"] = result["tutorial"]["wall_s"] / result["job_local"]["wall_s"]
             result["ratios"]["databricks_wall_vs_job_wall"] = result["databricks"]["wall_s"] / result["job_local"]["wall_s"]
@@ -420,7 +434,7 @@ def format_table(result: dict[str, Any]) -> str:
     rows = [
         ("model ceiling", f"{best['images_per_s']:.1f} images/s",
          f"{best['processes']} proc x {best['threads']} thr, batch {best['batch']}, "
-         f"channels_last {best['channels_last']}, {best['precision']}"),
+         f"channels_last {best['channels_last']}, {best['graph']}, {best['precision']}"),
         ("decode ceiling", f"{result['decode_ceiling']['images_per_s']:.1f} images/s",
          f"{result['decode_ceiling']['processes']} processes"),
         ("combined ceiling", f"{result['combined_ceiling_images_per_s']:.1f} images/s",
@@ -432,6 +446,10 @@ def format_table(result: dict[str, Any]) -> str:
             rows.append((f"job ({name[4:]}) inference", f"{job['inference_images_per_s']:.1f} images/s",
                          f"{result['ratios'][f'{name}_inference_vs_combined_ceiling']:.2f} x combined ceiling"))
             rows.append((f"job ({name[4:]}) whole process", f"{job['wall_s']:.1f} s", f"{job['images']} images"))
+    if "job_one_copy" in result:
+        rows.append(("worker peak RSS", f"{result['job_local']['worker_peak_rss_mb']:.0f} MB",
+                     f"{result['ratios']['worker_peak_rss_all_vs_one_copy']:.2f} x the run on one copy "
+                     f"({result['job_one_copy']['images']} images: {result['job_one_copy']['worker_peak_rss_mb']:.0f} MB)"))
     for name in ("tutorial", "databricks"):
         if name in result:
             rows.append((f"{name} whole process", f"{result[name]['wall_s']:.1f} s",

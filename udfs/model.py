@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import pickle
+import re
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -60,7 +63,12 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """Only plain tensors: `weights_only=True` refuses pickled code."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError ...
+    except pickle.UnpicklingError as exc:  # weights_only met a class or function: pickled code
+        found = re.search(r"Unsupported global: GLOBAL [\w.]+", str(exc))
+        raise WeightsError(f"cannot load weights from {path.name}: it holds pickled objects or code, not only "
+                           f"tensors ({found.group(0) if found else 'not a plain state dict'}); weights are "
+                           "loaded with torch.load(weights_only=True) and nothing else") from exc
+    except Exception as exc:  # torch raises RuntimeError, EOFError ... on files that are no checkpoint
         raise WeightsError(f"cannot load weights from {path}: {exc}") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
@@ -161,3 +169,33 @@ def task_device(gpu_addresses: list[str]) -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def resolve_graph(graph: str, device: torch.device) -> str:
+    """`auto`: TorchScript on CPU (oneDNN fusions), eager on CUDA (AMP does the work there)."""
+    if graph == "auto":
+        return "torchscript" if device.type == "cpu" else "eager"
+    return graph
+
+
+def optimize_graph(model: torch.nn.Module, graph: str, device: torch.device, batch_size: int,
+                   crop_size: int, channels_last: bool) -> torch.nn.Module:
+    """The model as it will run: eager, traced+frozen TorchScript, or torch.compile'd.
+
+    Freezing folds batch norm into convolutions and lets oneDNN pick its layouts; the outputs
+    stay within float rounding of eager mode (tests compare both with the reference)."""
+    graph = resolve_graph(graph, device)
+    if graph == "compile":
+        return torch.compile(model)
+    if graph == "torchscript":
+        example = torch.zeros(batch_size, 3, crop_size, crop_size, device=device)
+        if channels_last:
+            example = example.contiguous(memory_format=torch.channels_last)
+        try:
+            with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TorchScript's deprecation notices
+                traced = torch.jit.trace(model, example, check_trace=False)
+                return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+        except Exception as exc:  # a model TorchScript cannot trace still runs, eagerly
+            log.warning("cannot trace %s with TorchScript (%s): running it eagerly", type(model).__name__, exc)
+    return model

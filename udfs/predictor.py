@@ -31,7 +31,7 @@ from udfs.decode import Preprocessing, decode_and_preprocess, normalize_batch
 from udfs.errors import describe_failure
 from udfs.gpu_decode import EncodedJpeg, decode_batch, probe_jpeg
 from udfs.labels import ClassNames
-from udfs.model import default_weights, load_model
+from udfs.model import default_weights, load_model, optimize_graph
 from udfs.settings import Settings
 from udfs.schema import SCORED_SCHEMA
 from udfs.storage import read_bytes
@@ -243,15 +243,16 @@ model_builds_in_this_process = 0
 def cached_model(settings: Settings, device: torch.device, weights_file: Path) -> tuple[torch.nn.Module, bool]:
     """This worker's model for (architecture, weights hash, device, layout); True if built now."""
     global model_builds_in_this_process
-    key = (settings.model, settings.weights_source.sha256, str(device), settings.channels_last, settings.compile)
+    key = (settings.model, settings.weights_source.sha256, str(device), settings.channels_last, settings.graph,
+           settings.batch_size)
     with _lock:
         model = _models.get(key)
         if model is not None:
             return model, False
         log.info("building %s on %s from %s", settings.model, device, settings.weights_source.description)
         model = load_model(settings.model, weights_file, device, settings.channels_last)
-        if settings.compile:
-            model = torch.compile(model)
+        crop_size = default_weights(settings.model).transforms().crop_size[0]
+        model = optimize_graph(model, settings.graph, device, settings.batch_size, crop_size, settings.channels_last)
         _models[key] = model
         model_builds_in_this_process += 1
         return model, True

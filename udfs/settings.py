@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Optional
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+GRAPH_MODES = ("auto", "eager", "torchscript", "compile")
 WRITE_MODES = ("error", "overwrite")
 PROGRESS_MODES = ("auto", "bar", "log", "off")
 
@@ -64,9 +65,13 @@ class Settings:
     top_k: int = 5
     limit: Optional[int] = None
     mode: str = "error"
+    resume: bool = False  # driver-only: keep OUTPUT's committed predictions, score the rest (jobs/resume.py)
+    commit_every: int = 10_000  # driver-only: images per committed chunk of predictions
     label_map: Optional[str] = None
     precision: str = "auto"
     channels_last: bool = True
+    graph: str = "auto"
+    gpu_decode: bool = False
     decode_threads: int = 4
     torch_threads: Optional[int] = None
     max_image_bytes: int = 64 * 1024 * 1024
