@@ -57,8 +57,10 @@ def accuracy_by_breed(per_class: pd.DataFrame, path: Path, random_weights: bool 
     ax.barh(y, 100 * table["top1_accuracy"].astype(float), color=BLUE, label="top-1", height=0.45)
     ax.set_yticks(y, [f"{label}  (n={count})" for label, count in zip(table["label"], table["n_scored"])],
                   fontsize=9)
-    for row, value in zip(y, table["top1_accuracy"].astype(float)):
-        ax.text(min(100 * value + 1, 93), row, f"{100 * value:.0f}%", va="center", fontsize=8)
+    for row, value in zip(y, 100 * table["top1_accuracy"].astype(float)):
+        inside = value > 88  # no room to the right: white text at the bar's end
+        ax.text(value - 1 if inside else value + 1, row, f"{value:.0f}%", va="center", fontsize=8,
+                ha="right" if inside else "left", color="white" if inside else "black")
     ax.set_xlim(0, 100)
     ax.set_xlabel("accuracy (%) over the class's scored images")
     ax.set_ylim(-0.7, n - 0.3)
