@@ -44,10 +44,10 @@ import torch
 
 PROJECT = Path(__file__).resolve().parents[1]
 
-from udfs.decode import Preprocessing, decode_and_preprocess, normalize_batch  # noqa: E402
-from udfs.model import default_weights, load_model, optimize_graph, random_state_dict  # noqa: E402
-from udfs.storage import read_bytes  # noqa: E402
-from udfs.settings import S3Options  # noqa: E402
+from udfs.decode import Preprocessing, decode_and_preprocess, normalize_batch
+from udfs.model import default_weights, load_model, optimize_graph, random_state_dict
+from udfs.storage import read_bytes
+from udfs.settings import S3Options
 
 BENCH_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
              "AWS_EC2_METADATA_DISABLED": "true"}
