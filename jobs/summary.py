@@ -23,7 +23,9 @@ def worker_report(task_records: Iterable[dict[str, Any]]) -> list[dict[str, Any]
         worker = workers.setdefault(key, {
             "host": record["host"], "pid": record["pid"], "executor_pid": record["executor_pid"],
             "devices": set(), "gpu_addresses": set(), "model_builds": 0, "tasks": 0, "images": 0,
+            "peak_rss_mb": 0.0,
         })
+        worker["peak_rss_mb"] = max(worker["peak_rss_mb"], record.get("peak_rss_mb", 0.0))
         worker["devices"].add(record["device"])
         worker["gpu_addresses"].update(record["gpu_addresses"])
         worker["model_builds"] += int(record["model_built"])
