@@ -33,10 +33,12 @@ from pyspark.sql import functions as F
 from jobs.commands import is_subcommand
 from jobs.dry_run import dry_run
 from jobs.listing import Listing, ListingError, list_images
-from jobs.outputs import OutputExistsError, RunPaths, prepare_output, write_parquet, write_summary
+from jobs.outputs import (OutputExistsError, RunPaths, append_parquet, check_one_row_per_image, prepare_output,
+                          write_parquet, write_summary)
 from jobs.per_class import overall_counts, per_class_accuracy
 from jobs.progress import ScoringProgress
 from jobs.report import write_run_report
+from jobs.resume import chunks, pending_images
 from jobs.spark_session import GpuSchedulingError, configure_session, scoring_partitions, scoring_profile, start_spark
 from jobs.summary import build_summary, format_per_class, format_summary
 from udfs.model import WeightsError, resolve_weights
@@ -96,21 +98,24 @@ def run_job(spark: SparkSession, settings: Settings, listing: Listing,
     paths = RunPaths(settings.output)
     configure_session(spark, settings)
     profile = scoring_profile(spark, settings)  # checked before OUTPUT is touched, like the weights
-    settings = settings.with_run_id(settings.run_id or new_run_id())
-    prepare_output(spark, paths, settings.mode)
-    settings = ship_weights(spark, settings)
+    settings = ship_weights(spark, settings)  # before OUTPUT is touched: bad weights clear nothing
+    prepare_output(spark, paths, settings.mode, settings.resume)
+    pending, resumed_run_id = pending_images(spark, paths, settings, listing.images)
+    settings = settings.with_run_id(resumed_run_id or settings.run_id or new_run_id())
     timings["weights"] = time.perf_counter() - started
 
     step = time.perf_counter()
     task_log = spark.sparkContext.accumulator([], RecordListParam())
-    with ScoringProgress(spark.sparkContext, total_images=len(listing.images), task_log=task_log,
+    with ScoringProgress(spark.sparkContext, total_images=len(pending), task_log=task_log,
                          mode=settings.progress, interval_s=settings.progress_interval,
                          tag=f"infer-dogs-scoring-{settings.run_id}"):
-        write_parquet(score_images(spark, settings, listing.images, task_log, profile), paths.predictions)
+        for chunk in chunks(pending, settings.commit_every):  # each chunk committed on its own
+            append_parquet(score_images(spark, settings, chunk, task_log, profile), paths.predictions)
     timings["score_and_write_predictions"] = time.perf_counter() - step
 
     step = time.perf_counter()
     predictions = spark.read.parquet(paths.predictions)  # aggregate the written rows: no re-scoring
+    check_one_row_per_image(predictions, len(listing.images))
     write_parquet(per_class_accuracy(predictions), paths.per_class)
     totals = overall_counts(predictions)
     timings["aggregate"] = time.perf_counter() - step
@@ -121,7 +126,8 @@ def run_job(spark: SparkSession, settings: Settings, listing: Listing,
         return build_summary(
             settings,
             totals,
-            {"listed": listing.total_images, "skipped_non_image": listing.skipped_non_image},
+            {"listed": listing.total_images, "skipped_non_image": listing.skipped_non_image,
+             "kept_from_earlier_attempt": len(listing.images) - len(pending)},
             list(task_log.value),
             timings,
             {"version": spark.version, "master": spark.sparkContext.master,

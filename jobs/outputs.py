@@ -2,7 +2,9 @@
 
 A run directory holds `predictions/` and `per_class_accuracy/` (Parquet, written by Spark with
 its commit protocol) and `summary.json`, written last and atomically (temporary file, then
-rename): a run directory without `summary.json` is incomplete. File operations go through
+rename): a run directory without `summary.json` is incomplete. Predictions are appended in
+chunks, each committed by its own Spark job (`jobs/resume.py`), and checked to hold exactly one
+row per listed image before anything is aggregated. File operations go through
 Hadoop's FileSystem API from the driver's JVM, so the same code serves local paths, HDFS,
 `s3://` on EMR, `s3a://` and `dbfs:/` wherever the cluster has the connector.
 """
@@ -14,10 +16,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 
 class OutputExistsError(Exception):
     """OUTPUT already holds a run and --mode is error (exit code 2)."""
+
+
+class IncompleteOutputError(Exception):
+    """The written predictions are not exactly one row per listed image (the job fails: exit 1)."""
 
 
 @dataclass(frozen=True)
@@ -106,16 +113,29 @@ class HadoopFiles:
             raise OSError(f"could not rename {temporary} to {uri}")
 
 
-def prepare_output(spark: SparkSession, paths: RunPaths, mode: str) -> None:
-    """Refuse (mode error) or clear (mode overwrite) a run already in OUTPUT."""
+def prepare_output(spark: SparkSession, paths: RunPaths, mode: str, resume: bool = False) -> None:
+    """Refuse (mode error) or clear (mode overwrite) a run already in OUTPUT.
+
+    With `resume`, keep its committed predictions and clear everything derived from them, and
+    the uncommitted `_temporary/` of a killed write (a later job commit would merge it in).
+    `summary.json` goes first: from then on the directory reads as incomplete."""
     files = HadoopFiles(spark)
     existing = [uri for uri in paths.entries() if files.exists(uri)]
+    existing.sort(key=lambda uri: uri != paths.summary)
+    if resume:
+        for uri in existing + [f"{paths.predictions}/_temporary"]:
+            if uri != paths.predictions:
+                files.delete(uri)
+        return
     if not existing:
         return
     if mode == "error":
+        incomplete = paths.summary not in existing
         raise OutputExistsError(
-            f"{paths.root} already holds a run ({', '.join(e.rsplit('/', 1)[1] for e in existing)}); "
-            "use --mode overwrite to replace it or choose another --output"
+            f"{paths.root} already holds {'an incomplete' if incomplete else 'a'} run "
+            f"({', '.join(e.rsplit('/', 1)[1] for e in existing)}); "
+            + ("use --resume to finish it, " if incomplete else "")
+            + "use --mode overwrite to replace it or choose another --output"
         )
     for uri in existing:
         files.delete(uri)
@@ -123,6 +143,22 @@ def prepare_output(spark: SparkSession, paths: RunPaths, mode: str) -> None:
 
 def write_parquet(frame: DataFrame, uri: str) -> None:
     frame.write.mode("error").parquet(uri)
+
+
+def append_parquet(frame: DataFrame, uri: str) -> None:
+    """One chunk: Spark's commit protocol moves its files into `uri` at the job's commit; a write
+    killed before that leaves only `_temporary/`, which readers skip."""
+    frame.write.mode("append").parquet(uri)
+
+
+def check_one_row_per_image(predictions: DataFrame, n_images: int) -> None:
+    """Nothing lost, nothing doubled: as many rows and distinct paths as listed images."""
+    counts = predictions.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("path").alias("paths")).first()
+    if counts["rows"] != n_images or counts["paths"] != n_images:
+        raise IncompleteOutputError(
+            f"predictions hold {counts['rows']} rows for {counts['paths']} distinct images, "
+            f"but {n_images} images were listed"
+        )
 
 
 def write_summary(spark: SparkSession, paths: RunPaths, summary: dict[str, Any]) -> None:

@@ -59,7 +59,9 @@ def start_spark(settings: Settings, app_name: str = "infer-dogs") -> SparkSessio
     submitted = SparkConf()
     builder = SparkSession.builder.appName(app_name)
     master = submitted.get("spark.master", None)
-    if master is None:
+    if master is None or (settings.master and "PYSPARK_GATEWAY_PORT" not in os.environ):
+        # Without spark-submit (plain `python`/`infer-dogs`), PySpark's own launcher pre-sets
+        # spark.master=local[*]: there --master decides.
         master = settings.master or "local[*]"
         builder = builder.master(master)
     for key, value in JOB_DEFAULTS.items():

@@ -119,3 +119,15 @@ def s3_images(s3_server, sample_images) -> str:
 
 # One real run with its report, shared by tests/test_report.py and tests/test_compare.py.
 from tests.report_runs import report_run  # noqa: E402,F401
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """In-process models (predictor, reference) with one torch thread, as Spark runs them: two
+    threads on two busy cores spin and run about 10x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

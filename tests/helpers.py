@@ -29,3 +29,15 @@ def read_per_class(output: Path) -> pd.DataFrame:
 
 def read_summary(output: Path) -> dict:
     return json.loads((output / "summary.json").read_text())
+
+
+def images_frame(paths: Sequence[str]) -> pd.DataFrame:
+    """The lister's table for these paths, in this order (truth from folder names, sizes unknown)."""
+    from udfs.labels import truth_from_folder
+
+    rows = []
+    for path in paths:
+        folder, name = path.rsplit("/", 2)[-2:]
+        wnid, label = truth_from_folder(folder)
+        rows.append((path, name.rsplit(".", 1)[0], wnid, label, None))
+    return pd.DataFrame(rows, columns=["path", "image_id", "wnid", "label", "size_bytes"])

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import pytest
 
+from jobs.cli import parse_settings
 from jobs.infer_dogs import main
 from jobs.listing import list_s3
 from tests.conftest import TEST_SECRET, free_port
 from tests.fault_proxy import FAULTS, FaultPlan, FaultProxy
 from udfs.errors import describe_failure
 from udfs.settings import S3Options
-from udfs.storage import read_bytes
+from udfs.storage import read_bytes, s3_client
 
 N_OBJECTS = 20
 RATE = 0.3
@@ -66,6 +67,14 @@ def test_one_attempt_is_not_enough(objects, proxy):
     assert failures, "the faults should hit some reads"
     assert {kind for _, kind in failures} == {"read_error"}
     assert len(results) == len(objects)
+
+
+def test_retry_flags_reach_the_boto3_client(tmp_path):
+    settings = parse_settings(["--input", "s3://b/p/", "--output", str(tmp_path), "--s3-retry-mode", "legacy",
+                               "--s3-max-attempts", "7", "--s3-read-timeout", "2.5", "--s3-connect-timeout", "4"])
+    config = s3_client(settings.s3).meta.config
+    assert config.retries == {"mode": "legacy", "total_max_attempts": 7}  # the first try included
+    assert (config.read_timeout, config.connect_timeout) == (2.5, 4.0)
 
 
 def run_main(argv, capfd) -> tuple[int, str]:

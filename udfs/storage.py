@@ -53,7 +53,8 @@ def local_path(uri: str) -> Path:
 @lru_cache(maxsize=8)
 def _cached_client(options: S3Options):
     config = Config(
-        retries={"mode": options.retry_mode, "max_attempts": options.max_attempts},
+        # total_max_attempts counts the first try; botocore's "max_attempts" key would count retries only
+        retries={"mode": options.retry_mode, "total_max_attempts": options.max_attempts},
         connect_timeout=options.connect_timeout_s,
         read_timeout=options.read_timeout_s,
         max_pool_connections=options.max_pool_connections,
