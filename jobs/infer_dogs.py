@@ -163,6 +163,13 @@ def configure_verbosity(verbose: int) -> None:
         logging.getLogger().setLevel(logging.DEBUG)
 
 
+def fail(spark: SparkSession, code: int, message: str) -> int:
+    """Stop Spark first, so that the error comes after Spark's shutdown lines."""
+    spark.stop()
+    print(f"infer-dogs: error: {message}", file=sys.stderr)
+    return code
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if is_subcommand(argv):  # infer-dogs report RUN_DIR | compare RUN_A RUN_B
@@ -192,15 +199,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         summary = run_job(spark, settings, listing, timings)
         per_class = spark.read.parquet(summary["outputs"]["per_class_accuracy"]).toPandas()
     except (OutputExistsError, WeightsError, GpuSchedulingError) as exc:
-        print(f"infer-dogs: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(spark, EXIT_USAGE, str(exc))
     except Exception as exc:  # the job failed: say so in one line, keep the traceback in the log
         log.exception("the job failed")
-        print(f"infer-dogs: error: the job failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-              file=sys.stderr)
-        return EXIT_FAILED
-    finally:
-        spark.stop()
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        return fail(spark, EXIT_FAILED, f"the job failed: {type(exc).__name__}: {first_line}")
+    spark.stop()
     print(format_summary(summary))
     print()
     print(format_per_class(per_class))
