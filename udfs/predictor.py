@@ -6,9 +6,11 @@ reuses it for every later task and batch. (The cache must live in an importable 
 function defined in the spark-submit script is pickled by value and would get a new cache on
 every task.)
 
-Inside a task, `predict_batches` overlaps the stages: the rows of Arrow batch k+1 are already
-being fetched and decoded by the worker's thread pool (Pillow and boto3 release the GIL) while
-batch k is on the model. Only paths come in and only small prediction rows go out.
+Inside a task, `predict_batches` overlaps the stages: while one model batch is on the model,
+the next images (across Arrow batch boundaries) are being fetched and decoded by the worker's
+thread pool (Pillow and boto3 release the GIL), never more than a small window ahead, so memory
+does not grow with the batch or task size. Only paths come in and only small prediction rows
+go out.
 """
 
 from __future__ import annotations
@@ -38,8 +40,6 @@ from udfs.storage import read_bytes
 
 log = logging.getLogger(__name__)
 
-# How many Arrow batches are fetched and decoded ahead of the one on the model.
-LOOKAHEAD_BATCHES = 1
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,46 @@ def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dt
     if precision == "auto":
         precision = "fp16" if device.type == "cuda" else "fp32"
     return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+class Prefetcher:
+    """Fetch+decode submitted in row order across a stream of Arrow batches, at most `window`
+    images ahead of the model: the pipeline stays full, and memory stays bounded by the window,
+    not by the Arrow batch size or the number of images in the task."""
+
+    def __init__(self, submit_one, batches: Iterator[pd.DataFrame], window: int):
+        self.submit_one = submit_one
+        self.batches = iter(batches)
+        self.window = window
+        self.futures: deque[Future] = deque()
+        self.frames: deque[pd.DataFrame] = deque()  # batches whose rows are being submitted or waited for
+        self.rows: Iterator = iter(())
+        self.exhausted = False
+
+    def _top_up(self) -> None:
+        while len(self.futures) < self.window and not self.exhausted:
+            row = next(self.rows, None)
+            if row is not None:
+                self.futures.append(self.submit_one(*row))
+                continue
+            batch = next(self.batches, None)
+            if batch is None:
+                self.exhausted = True
+                return
+            self.frames.append(batch)
+            sizes = batch["size_bytes"] if "size_bytes" in batch else [None] * len(batch)
+            self.rows = iter([(path, None if pd.isna(size) else int(size)) for path, size in zip(batch["path"], sizes)])
+
+    def next_batch(self) -> Optional[pd.DataFrame]:
+        """The next Arrow batch to finish (its rows are already being fetched), or None."""
+        self._top_up()
+        return self.frames.popleft() if self.frames else None
+
+    def next_result(self) -> Any:
+        """The next row's decoded image (or Failure), in row order."""
+        future = self.futures.popleft()
+        self._top_up()
+        return future.result()
 
 
 class Predictor:
@@ -115,12 +155,13 @@ class Predictor:
                 decode_and_preprocess, images[i].data, self.prep)
         return out
 
-    def submit(self, batch: pd.DataFrame) -> list[Future]:
-        sizes = batch["size_bytes"] if "size_bytes" in batch else [None] * len(batch)
-        return [
-            self.pool.submit(self.load, path, None if pd.isna(size) else int(size))
-            for path, size in zip(batch["path"], sizes)
-        ]
+    def submit(self, path: str, size_bytes: Optional[int]) -> Future:
+        return self.pool.submit(self.load, path, size_bytes)
+
+    @property
+    def window(self) -> int:
+        """Images fetched and decoded ahead: the next model batch, plus one per fetch thread."""
+        return 2 * self.settings.batch_size + self.settings.decode_threads
 
     # -- the model ------------------------------------------------------------------------------
     def infer(self, images: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
@@ -146,9 +187,9 @@ class Predictor:
         return values, indices
 
     # -- batches --------------------------------------------------------------------------------
-    def finish(self, batch: pd.DataFrame, futures: list[Future]) -> pd.DataFrame:
+    def finish(self, batch: pd.DataFrame, prefetcher: Prefetcher) -> pd.DataFrame:
         """Wait for the batch's decoded images, run them through the model, build its rows."""
-        results: list[tuple[np.ndarray, np.ndarray] | Failure | None] = [None] * len(futures)
+        results: list[tuple[np.ndarray, np.ndarray] | Failure | None] = [None] * len(batch)
         pending_rows: list[int] = []
         pending_images: list[torch.Tensor] = []
 
@@ -166,9 +207,9 @@ class Predictor:
             pending_rows.clear()
             pending_images.clear()
 
-        for row, future in enumerate(futures):
+        for row in range(len(batch)):
             waited = time.perf_counter()
-            loaded = future.result()
+            loaded = prefetcher.next_result()
             self.stats.wait_seconds += time.perf_counter() - waited
             if isinstance(loaded, Failure):
                 results[row] = loaded
@@ -222,16 +263,12 @@ class Predictor:
     def predict_batches(self, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         """Score a stream of Arrow batches, fetching/decoding ahead of the model."""
         self.stats = TaskStats()
-        in_flight: deque[tuple[pd.DataFrame, list[Future]]] = deque()
-        for batch in batches:
-            in_flight.append((batch, self.submit(batch)))
-            if len(in_flight) > LOOKAHEAD_BATCHES:
-                yield self.finish(*in_flight.popleft())
-        while in_flight:
-            yield self.finish(*in_flight.popleft())
+        prefetcher = Prefetcher(self.submit, batches, self.window)
+        while (batch := prefetcher.next_batch()) is not None:
+            yield self.finish(batch, prefetcher)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        return self.finish(batch, self.submit(batch))
+        return pd.concat(list(self.predict_batches(iter([batch]))), ignore_index=True)
 
 
 _models: dict[tuple, torch.nn.Module] = {}
