@@ -81,7 +81,9 @@ def build_summary(
         "errors_by_kind": totals["errors_by_kind"],
         "accuracy": {"top1": totals["top1_accuracy"], "top5": totals["top5_accuracy"], "note": accuracy_note},
         "timing_s": {**{k: round(v, 3) for k, v in timings.items()},
-                     "inference": round(inference_s, 3) if inference_s is not None else None},
+                     "inference": round(inference_s, 3) if inference_s is not None else None,
+                     "model_build_max": round(max((r.get("model_build_seconds", 0.0) for r in task_records),
+                                                  default=0.0), 3)},
         "images_per_s": {
             "inference": round(images / inference_s, 2) if inference_s else None,
             "end_to_end": round(images / timings["total"], 2) if timings.get("total") else None,

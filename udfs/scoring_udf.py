@@ -44,7 +44,9 @@ def make_score_fn(settings: Settings, task_log: Optional[Accumulator] = None) ->
         gpus = assigned_gpus(context)
         device = task_device(gpus)
         weights_file = Path(SparkFiles.get(settings.weights_source.file_name))
+        building = time.time()
         predictor, built = get_predictor(settings, device, weights_file)
+        build_seconds = time.time() - building
         yield from predictor.predict_batches(batches)
         if task_log is not None:
             stats = predictor.stats
@@ -55,6 +57,7 @@ def make_score_fn(settings: Settings, task_log: Optional[Accumulator] = None) ->
                 "gpu_addresses": gpus,
                 "device": str(device),
                 "model_built": built,
+                "model_build_seconds": round(build_seconds, 3) if built else 0.0,
                 "images": stats.images,
                 "errors": stats.errors,
                 "model_seconds": round(stats.model_seconds, 4),
