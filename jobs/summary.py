@@ -118,10 +118,12 @@ def wall_time_text(timing: dict[str, Any]) -> str:
     """`42.3 s: listing 0.0, Spark start 14.9, ..., (inference span 4.4)`."""
     parts = [f"{TIMING_NAMES[k]} {timing[k]:.1f}" for k in TIMING_NAMES if timing.get(k) is not None]
     parts += [f"{k} {v:.1f}" for k, v in timing.items()
-              if k not in TIMING_NAMES and k not in ("total", "inference") and isinstance(v, (int, float))]
+              if k not in TIMING_NAMES and k not in ("total", "inference", "model_build_max")
+              and isinstance(v, (int, float))]
     text = ", ".join(parts)
     if timing.get("inference") is not None:
-        text += f" (first scoring task start to last end: {timing['inference']:.1f})"
+        build = f", model build up to {timing['model_build_max']:.1f} per worker" if timing.get("model_build_max") else ""
+        text += f" (first scoring task start to last end: {timing['inference']:.1f}{build})"
     total = timing.get("total")
     return f"{total:.1f} s: {text}" if total is not None else text
 
