@@ -343,7 +343,6 @@ def main() -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="infer-dogs-bench-"))
-    lines: list[str] = []
 
     def log(message: str) -> None:
         print(message, flush=True)

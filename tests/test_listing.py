@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from jobs.listing import ListingError, build_listing, list_local, list_s3
-from tests.conftest import s3_client_for, upload_tree
+from tests.conftest import s3_client_for
 from udfs.settings import S3Options
 
 
