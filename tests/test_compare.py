@@ -20,7 +20,7 @@ from tests.report_html import assert_valid_png
 def run_b(spark, sample_images, tmp_path_factory):
     out = tmp_path_factory.mktemp("compare") / "run_b"
     run_in_process(spark, ["--input", str(sample_images.images_dir), "--output", str(out), "--model",
-                           "mobilenet_v3_small", "--random-weights", "3", "--limit", "55", "--no-report",
+                           "mobilenet_v3_small", "--random-weights", "3", "--limit", str(len(sample_images.files()) // 2 - 5), "--no-report",
                            "--progress", "off"])
     return out
 
