@@ -55,7 +55,7 @@ def test_log_and_bar_modes_follow_a_tagged_spark_job(spark, caplog):
     stop = threading.Event()
 
     def slow(rows):
-        time.sleep(1.5)
+        time.sleep(3.0)  # long enough for the 0.1 s poller to see running tasks on a busy machine
         return rows
 
     with caplog.at_level(logging.INFO, logger="jobs.progress"):
