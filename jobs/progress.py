@@ -4,7 +4,10 @@ Two driver-side sources, read by a background thread:
 - The run's task-log accumulator (`udfs.task_log`): the exact images, errors and count of every
   scoring task that has finished.
 - Spark's status tracker: running tasks and failed attempts in this run's stages (the scoring
-  jobs carry a job tag, so another job on the same SparkContext is not counted).
+  jobs carry a job tag, so another job on the same SparkContext is not counted). The job sets
+  `spark.ui.liveUpdate.period=0ms` (jobs/spark_session.py) so that running tasks show as soon as
+  they start; on a session that already existed (Databricks) Spark's 100 ms default applies and
+  the running count can lag until the next heartbeat or task end (the image counts do not).
 
 Progress moves when a scoring task finishes, because that is when Spark sends a task's
 accumulator updates to the driver: a Python task's counts do not reach the driver while it

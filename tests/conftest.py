@@ -62,12 +62,13 @@ def sample_images(tmp_path_factory) -> SampleImages:
 def spark():
     from pyspark.sql import SparkSession
 
+    from jobs.spark_session import JOB_DEFAULTS
+
     os.environ.setdefault("PYSPARK_PYTHON", os.sys.executable)
     session = (
         SparkSession.builder.master("local[2]")
         .appName("infer-dogs-tests")
-        .config("spark.python.worker.reuse", "true")
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config(map=JOB_DEFAULTS)  # the job's own defaults (worker reuse, Arrow, live status updates)
         .config("spark.sql.shuffle.partitions", "4")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
