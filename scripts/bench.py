@@ -76,10 +76,10 @@ def _forward_loop(model_name: str, weights: str, device: str, threads: int, batc
     dev = torch.device(device)
     prep = Preprocessing.from_transforms(default_weights(model_name).transforms())
     size = prep.crop_size[0]
-    model = optimize_graph(load_model(model_name, Path(weights), dev, channels_last), graph, dev, batch, size,
-                           channels_last)
-    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    model = optimize_graph(load_model(model_name, Path(weights), dev, channels_last), graph, dev, batch, size,
+                           channels_last, dtype)
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
 
     def step() -> None:
         x = normalize_batch(images.to(dev, non_blocking=True), prep, torch.float32)

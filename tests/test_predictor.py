@@ -9,7 +9,8 @@ import torch
 
 from tests.helpers import read_predictions, run_in_process
 from tests.reference import make_spread_weights, model_from_file, reference_probabilities
-from udfs.model import load_model
+from udfs.decode import Preprocessing, normalize_batch
+from udfs.model import default_weights, load_model, optimize_graph
 from udfs.predictor import Predictor, resolve_precision
 from udfs.settings import Settings
 
@@ -67,6 +68,24 @@ def test_precision_resolution():
     assert resolve_precision("auto", torch.device("cpu")) is None
     assert resolve_precision("auto", torch.device("cuda", 0)) is torch.float16
     assert resolve_precision("bf16", torch.device("cpu")) is torch.bfloat16
+
+
+def test_reduced_precision_is_traced_into_the_frozen_graph(weights):
+    """--precision bf16 on CPU: the TorchScript graph is traced under autocast, so it runs bf16
+    kernels (a graph traced in fp32 ignores autocast's speed-up); results match eager autocast."""
+    cpu = torch.device("cpu")
+    prep = Preprocessing.from_transforms(default_weights(MODEL).transforms())
+    images = torch.randint(0, 256, (4, 3, 224, 224), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    inputs = normalize_batch(images, prep, torch.float32).contiguous(memory_format=torch.channels_last)
+    eager = load_model(MODEL, weights, cpu, True)
+    bf16_graph = optimize_graph(load_model(MODEL, weights, cpu, True), "torchscript", cpu, 4, 224, True, torch.bfloat16)
+    fp32_graph = optimize_graph(load_model(MODEL, weights, cpu, True), "torchscript", cpu, 4, 224, True)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = eager(inputs).float().softmax(1)
+        got = bf16_graph(inputs)
+    assert "BFloat16" in str(bf16_graph.graph) and "BFloat16" not in str(fp32_graph.graph)
+    torch.testing.assert_close(got.float().softmax(1), expected, atol=5e-2, rtol=0)  # bf16 keeps ~3 digits
+    assert torch.equal(got.float().argmax(1), expected.argmax(1))
 
 
 def test_model_built_once_per_python_worker(spark, sample_images, tmp_path):

@@ -280,8 +280,9 @@ model_builds_in_this_process = 0
 def cached_model(settings: Settings, device: torch.device, weights_file: Path) -> tuple[torch.nn.Module, bool]:
     """This worker's model for (architecture, weights hash, device, layout); True if built now."""
     global model_builds_in_this_process
+    autocast_dtype = resolve_precision(settings.precision, device)
     key = (settings.model, settings.weights_source.sha256, str(device), settings.channels_last, settings.graph,
-           settings.batch_size)
+           settings.batch_size, autocast_dtype)
     with _lock:
         model = _models.get(key)
         if model is not None:
@@ -289,7 +290,8 @@ def cached_model(settings: Settings, device: torch.device, weights_file: Path) -
         log.info("building %s on %s from %s", settings.model, device, settings.weights_source.description)
         model = load_model(settings.model, weights_file, device, settings.channels_last)
         crop_size = default_weights(settings.model).transforms().crop_size[0]
-        model = optimize_graph(model, settings.graph, device, settings.batch_size, crop_size, settings.channels_last)
+        model = optimize_graph(model, settings.graph, device, settings.batch_size, crop_size, settings.channels_last,
+                               autocast_dtype)
         _models[key] = model
         model_builds_in_this_process += 1
         return model, True
