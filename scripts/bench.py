@@ -17,8 +17,14 @@ What it measures, on the same images (the tree repeated under `--copies` prefixe
    model built per task, torch DataLoader of 64);
 5. ratios: job / combined ceiling, where combined = 1 / (1/model + 1/decode) on CPU (both stages
    share the cores) and min(model, decode) when the model runs on a GPU.
-Prints a table and writes JSON under --out. Weights are seeded random (the same file for all):
-speed does not depend on the values, and accuracy is not reported.
+Prints a table and writes JSON under --out. Weights are seeded random (the same file for all)
+with the last layer rescaled as the tests do (tests/reference.py), so that predictions are not
+near-uniform and the bf16-vs-fp32 agreement compares real decisions; speed does not depend on
+the values, and accuracy is not reported.
+
+`--precision bf16` (CPU): the model ceiling and the job in bf16 (autocast, traced into the
+TorchScript graph), and the job again in fp32 in the same run, with the top-1 agreement of the
+two; the baselines stay fp32, as published.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ import torch
 PROJECT = Path(__file__).resolve().parents[1]
 
 from udfs.decode import Preprocessing, decode_and_preprocess, normalize_batch
-from udfs.model import default_weights, load_model, optimize_graph, random_state_dict
+from udfs.model import default_weights, load_model, optimize_graph
 from udfs.storage import read_bytes
 from udfs.settings import S3Options
 
@@ -118,7 +124,8 @@ def measure_forward(model_name: str, weights: Path, device: str, processes: int,
     return sum(rates)
 
 
-def model_ceiling(model_name: str, weights: Path, device: str, cores: int, seconds: float, log) -> dict[str, Any]:
+def model_ceiling(model_name: str, weights: Path, device: str, cores: int, seconds: float, log,
+                  precision: str = "fp32") -> dict[str, Any]:
     trials = []
     if device == "cuda":
         for precision in ("fp16", "bf16", "fp32"):
@@ -132,15 +139,15 @@ def model_ceiling(model_name: str, weights: Path, device: str, cores: int, secon
         batches = (4, 8, 16, 32) if model_name != "resnet50" else (4, 8, 16)
         for processes, threads in splits:
             for batch in batches:
-                rate = measure_forward(model_name, weights, "cpu", processes, threads, batch, True, "fp32", seconds)
+                rate = measure_forward(model_name, weights, "cpu", processes, threads, batch, True, precision, seconds)
                 trials.append({"processes": processes, "threads": threads, "batch": batch, "channels_last": True,
-                               "precision": "fp32", "graph": "torchscript", "images_per_s": rate})
-                log(f"  model {processes} proc x {threads} thr, batch {batch}, channels_last, torchscript: "
+                               "precision": precision, "graph": "torchscript", "images_per_s": rate})
+                log(f"  model {processes} proc x {threads} thr, batch {batch}, channels_last, torchscript, {precision}: "
                     f"{rate:.1f} images/s")
         best = max(trials, key=lambda t: t["images_per_s"])
         for channels_last, graph in ((True, "eager"), (False, "eager")):
             rate = measure_forward(model_name, weights, "cpu", best["processes"], best["threads"], best["batch"],
-                                   channels_last, "fp32", seconds, graph)
+                                   channels_last, precision, seconds, graph)
             trials.append({**best, "channels_last": channels_last, "graph": graph, "images_per_s": rate})
             log(f"  model best split, eager, channels_last {channels_last}: {rate:.1f} images/s")
     best = max(trials, key=lambda t: t["images_per_s"])
@@ -206,6 +213,16 @@ def run_job(input_uri: str, output: Path, args, weights: Path, batch: int, env: 
                 summary["counts"]["images"] / (summary["timing_s"]["inference"] - summary["timing_s"]["model_build_max"]), 2),
             "model_builds": summary["model_builds"], "devices": summary["devices"],
             "worker_peak_rss_mb": max(w["peak_rss_mb"] for w in summary["workers"])}
+
+
+def agreement(run_a: Path, run_b: Path) -> dict[str, Any]:
+    """How far two runs' predictions agree, image by image (same images, other precision)."""
+    columns = ["path", "pred_index", "pred_prob"]
+    a = pd.read_parquet(run_a / "predictions", columns=columns)
+    b = pd.read_parquet(run_b / "predictions", columns=columns)
+    both = a.merge(b, on="path", suffixes=("_a", "_b")).dropna()
+    return {"images": len(both), "top1_agreement": float((both["pred_index_a"] == both["pred_index_b"]).mean()),
+            "max_abs_pred_prob_diff": float((both["pred_prob_a"] - both["pred_prob_b"]).abs().max())}
 
 
 def free_port() -> int:
@@ -321,6 +338,9 @@ def main() -> int:
     parser.add_argument("--cores", type=int, default=os.cpu_count())
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seconds", type=float, default=5.0, help="time per model-ceiling trial")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="CPU: the precision of the model ceiling and the job; with bf16 the job also runs in "
+                             "fp32 in the same run, for the agreement and the fp32 ratios (baselines stay fp32)")
     parser.add_argument("--no-s3", dest="s3", action="store_false", help="skip the loopback S3 run")
     parser.add_argument("--baselines", action="store_true", help="also run the tutorial and Databricks baselines")
     parser.add_argument("--rss-check", action="store_true",
@@ -351,7 +371,10 @@ def main() -> int:
     try:
         files = build_workload(Path(args.images), args.copies, work / "data")
         weights = work / f"{args.model}-bench.pt"
-        torch.save(random_state_dict(args.model, 0), weights)
+        sys.path.insert(0, str(PROJECT))
+        from tests.reference import make_spread_weights  # seeded init, last layer spread: real decisions
+
+        make_spread_weights(args.model, 0, files[:len(files) // max(args.copies, 1)], weights)
         result: dict[str, Any] = {
             "model": args.model, "images": len(files), "cores": args.cores, "device": args.device,
             "machine": {"platform": platform.platform(), "processor": platform.processor(),
@@ -361,21 +384,36 @@ def main() -> int:
         log(f"workload: {len(files)} images ({args.copies} copies), model {args.model}, {args.cores} cores, {args.device}")
 
         log("model ceiling ...")
-        result["model_ceiling"] = model_ceiling(args.model, weights, args.device, args.cores, args.seconds, log)
+        precision = args.precision if args.device == "cpu" else "auto"
+        result["precision"] = precision
+        result["model_ceiling"] = model_ceiling(args.model, weights, args.device, args.cores, args.seconds, log,
+                                                precision if args.device == "cpu" else "fp32")
         best = result["model_ceiling"]["best"]
+        if precision == "bf16":
+            log("model ceiling, fp32 ...")
+            result["model_ceiling_fp32"] = model_ceiling(args.model, weights, args.device, args.cores, args.seconds, log)
         log("decode ceiling ...")
         result["decode_ceiling"] = decode_ceiling(args.model, files, args.cores)
         model_rate, decode_rate = best["images_per_s"], result["decode_ceiling"]["images_per_s"]
         combined = min(model_rate, decode_rate) if args.device == "cuda" else 1 / (1 / model_rate + 1 / decode_rate)
         result["combined_ceiling_images_per_s"] = combined
+        job_precision = ["--precision", precision]
 
-        log("job, local folder ...")
-        result["job_local"] = run_job(str(work / "data"), work / "run-local", args, weights, best["batch"], env, [],
-                                      out / f"job-local-{args.model}.log")
+        log(f"job, local folder ({precision}) ...")
+        result["job_local"] = run_job(str(work / "data"), work / "run-local", args, weights, best["batch"], env,
+                                      job_precision, out / f"job-local-{args.model}.log")
+        if precision == "bf16":
+            best32 = result["model_ceiling_fp32"]["best"]
+            result["combined_ceiling_fp32_images_per_s"] = 1 / (1 / best32["images_per_s"] + 1 / decode_rate)
+            log("job, local folder (fp32) ...")
+            result["job_local_fp32"] = run_job(str(work / "data"), work / "run-local-fp32", args, weights,
+                                               best32["batch"], env, ["--precision", "fp32"],
+                                               out / f"job-local-fp32-{args.model}.log")
+            result["bf16_vs_fp32"] = agreement(work / "run-local", work / "run-local-fp32")
         if args.rss_check:
             log("job, one copy (memory check) ...")
             result["job_one_copy"] = run_job(str(work / "data" / "copy00"), work / "run-one", args, weights,
-                                             best["batch"], env, [], out / f"job-one-copy-{args.model}.log")
+                                             best["batch"], env, job_precision, out / f"job-one-copy-{args.model}.log")
         if args.s3:
             from moto.server import ThreadedMotoServer
 
@@ -391,7 +429,7 @@ def main() -> int:
                 uri = upload(endpoint, files, work / "data", "bench")
                 log("job, loopback S3 ...")
                 result["job_s3"] = run_job(uri, work / "run-s3", args, weights, best["batch"], env,
-                                           ["--s3-endpoint-url", endpoint], out / f"job-s3-{args.model}.log")
+                                           ["--s3-endpoint-url", endpoint, *job_precision], out / f"job-s3-{args.model}.log")
             finally:
                 server.stop()
 
@@ -417,14 +455,21 @@ def main() -> int:
         if args.rss_check:
             result["ratios"]["worker_peak_rss_all_vs_one_copy"] = (
                 result["job_local"]["worker_peak_rss_mb"] / result["job_one_copy"]["worker_peak_rss_mb"])
+        if "job_local_fp32" in result:
+            result["ratios"]["job_local_fp32_inference_vs_combined_ceiling"] = (
+                result["job_local_fp32"]["inference_images_per_s"] / result["combined_ceiling_fp32_images_per_s"])
         if args.baselines:
-            result["ratios"]["tutorial_wall_vs_job_wall"] = result["tutorial"]["wall_s"] / result["job_local"]["wall_s"]
-            result["ratios"]["databricks_wall_vs_job_wall"] = result["databricks"]["wall_s"] / result["job_local"]["wall_s"]
+            for name in ("tutorial", "databricks"):
+                result["ratios"][f"{name}_wall_vs_job_wall"] = result[name]["wall_s"] / result["job_local"]["wall_s"]
+                if "job_local_fp32" in result:
+                    result["ratios"][f"{name}_wall_vs_job_fp32_wall"] = (
+                        result[name]["wall_s"] / result["job_local_fp32"]["wall_s"])
 
         table = format_table(result)
         print(table)
-        (out / f"bench-{args.model}-{args.device}.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out / f"bench-{args.model}-{args.device}.txt").write_text(table + "\n")
+        stem = f"bench-{args.model}-{args.device}" + (f"-{precision}" if precision == "bf16" else "")
+        (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / f"{stem}.txt").write_text(table + "\n")
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -441,23 +486,38 @@ def format_table(result: dict[str, Any]) -> str:
         ("combined ceiling", f"{result['combined_ceiling_images_per_s']:.1f} images/s",
          "1/(1/model+1/decode)" if result["device"] == "cpu" else "min(model, decode)"),
     ]
-    for name in ("job_local", "job_s3"):
+    if "model_ceiling_fp32" in result:
+        best32 = result["model_ceiling_fp32"]["best"]
+        rows.append(("model ceiling, fp32", f"{best32['images_per_s']:.1f} images/s",
+                     f"{best32['processes']} proc x {best32['threads']} thr, batch {best32['batch']}, "
+                     f"channels_last {best32['channels_last']}, {best32['graph']}"))
+        rows.append(("combined ceiling, fp32", f"{result['combined_ceiling_fp32_images_per_s']:.1f} images/s",
+                     "1/(1/model+1/decode)"))
+    for name in ("job_local", "job_s3", "job_local_fp32"):
         if name in result:
             job = result[name]
-            rows.append((f"job ({name[4:]}) inference", f"{job['inference_images_per_s']:.1f} images/s",
+            where = name[4:].replace("_fp32", ", fp32") if name.endswith("fp32") else f"{name[4:]}, {result.get('precision', 'fp32')}"
+            combined = result["combined_ceiling_fp32_images_per_s" if name.endswith("fp32") else "combined_ceiling_images_per_s"]
+            rows.append((f"job ({where}) inference", f"{job['inference_images_per_s']:.1f} images/s",
                          f"{result['ratios'][f'{name}_inference_vs_combined_ceiling']:.2f} x combined ceiling"))
             rows.append(("  after model build", f"{job['inference_images_per_s_after_model_build']:.1f} images/s",
-                         f"{job['inference_images_per_s_after_model_build'] / result['combined_ceiling_images_per_s']:.2f}"
+                         f"{job['inference_images_per_s_after_model_build'] / combined:.2f}"
                          f" x combined ceiling (build + trace took {job['timing_s']['model_build_max']:.1f} s per worker)"))
-            rows.append((f"job ({name[4:]}) whole process", f"{job['wall_s']:.1f} s", f"{job['images']} images"))
+            rows.append((f"job ({where}) whole process", f"{job['wall_s']:.1f} s", f"{job['images']} images"))
+    if "bf16_vs_fp32" in result:
+        agree = result["bf16_vs_fp32"]
+        rows.append(("bf16 vs fp32 top-1", f"{100 * agree['top1_agreement']:.1f} %",
+                     f"same class on {agree['images']} images; max |pred_prob diff| {agree['max_abs_pred_prob_diff']:.4f}"))
     if "job_one_copy" in result:
         rows.append(("worker peak RSS", f"{result['job_local']['worker_peak_rss_mb']:.0f} MB",
                      f"{result['ratios']['worker_peak_rss_all_vs_one_copy']:.2f} x the run on one copy "
                      f"({result['job_one_copy']['images']} images: {result['job_one_copy']['worker_peak_rss_mb']:.0f} MB)"))
     for name in ("tutorial", "databricks"):
         if name in result:
-            rows.append((f"{name} whole process", f"{result[name]['wall_s']:.1f} s",
-                         f"job is {result['ratios'][f'{name}_wall_vs_job_wall']:.2f} x faster"))
+            text = f"job is {result['ratios'][f'{name}_wall_vs_job_wall']:.2f} x faster"
+            if f"{name}_wall_vs_job_fp32_wall" in result["ratios"]:
+                text += f" ({result.get('precision')}); {result['ratios'][f'{name}_wall_vs_job_fp32_wall']:.2f} x (fp32)"
+            rows.append((f"{name} whole process", f"{result[name]['wall_s']:.1f} s", text))
     width = max(len(r[0]) for r in rows)
     header = (f"infer-dogs bench: {result['model']}, {result['images']} images, {result['cores']} cores, "
               f"{result['device']}{' (' + result['machine']['gpu'] + ')' if result['machine']['gpu'] else ''}")
