@@ -344,7 +344,8 @@ def main() -> int:
     parser.add_argument("--no-s3", dest="s3", action="store_false", help="skip the loopback S3 run")
     parser.add_argument("--baselines", action="store_true", help="also run the tutorial and Databricks baselines")
     parser.add_argument("--rss-check", action="store_true",
-                        help="also run the job on one copy, to compare Python worker peak RSS at 1x and Nx images")
+                        help="also run the job on one copy and on half the copies, to compare Python worker peak "
+                             "RSS at 1x, N/2x and Nx images")
     parser.add_argument("--job-arg", dest="job_args", action="append", default=[],
                         help="extra argument for the job (repeatable), e.g. --job-arg=--decode-threads=2")
     parser.add_argument("--out", default="bench-output")
@@ -414,6 +415,13 @@ def main() -> int:
             log("job, one copy (memory check) ...")
             result["job_one_copy"] = run_job(str(work / "data" / "copy00"), work / "run-one", args, weights,
                                              best["batch"], env, job_precision, out / f"job-one-copy-{args.model}.log")
+            if args.copies >= 4:  # where the plateau is: half the copies against all of them
+                half = work / "data-half"
+                for copy in sorted((work / "data").iterdir())[: args.copies // 2]:  # real folders: listing
+                    shutil.copytree(copy, half / copy.name, symlinks=True)           # does not follow links
+                log("job, half the copies (memory check) ...")
+                result["job_half"] = run_job(str(half), work / "run-half", args, weights, best["batch"], env,
+                                             job_precision, out / f"job-half-{args.model}.log")
         if args.s3:
             from moto.server import ThreadedMotoServer
 
@@ -455,6 +463,9 @@ def main() -> int:
         if args.rss_check:
             result["ratios"]["worker_peak_rss_all_vs_one_copy"] = (
                 result["job_local"]["worker_peak_rss_mb"] / result["job_one_copy"]["worker_peak_rss_mb"])
+            if "job_half" in result:
+                result["ratios"]["worker_peak_rss_all_vs_half"] = (
+                    result["job_local"]["worker_peak_rss_mb"] / result["job_half"]["worker_peak_rss_mb"])
         if "job_local_fp32" in result:
             result["ratios"]["job_local_fp32_inference_vs_combined_ceiling"] = (
                 result["job_local_fp32"]["inference_images_per_s"] / result["combined_ceiling_fp32_images_per_s"])
@@ -512,6 +523,9 @@ def format_table(result: dict[str, Any]) -> str:
         rows.append(("worker peak RSS", f"{result['job_local']['worker_peak_rss_mb']:.0f} MB",
                      f"{result['ratios']['worker_peak_rss_all_vs_one_copy']:.2f} x the run on one copy "
                      f"({result['job_one_copy']['images']} images: {result['job_one_copy']['worker_peak_rss_mb']:.0f} MB)"))
+    if "job_half" in result:
+        rows.append(("", "", f"{result['ratios']['worker_peak_rss_all_vs_half']:.2f} x the run on half the copies "
+                             f"({result['job_half']['images']} images: {result['job_half']['worker_peak_rss_mb']:.0f} MB)"))
     for name in ("tutorial", "databricks"):
         if name in result:
             text = f"job is {result['ratios'][f'{name}_wall_vs_job_wall']:.2f} x faster"
