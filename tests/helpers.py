@@ -9,7 +9,7 @@ from typing import Sequence
 import pandas as pd
 
 from jobs.cli import parse_settings
-from jobs.infer_dogs import run_job
+from jobs.run import run_job
 from jobs.listing import list_images
 
 

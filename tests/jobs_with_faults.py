@@ -2,8 +2,8 @@
 
     python tests/jobs_with_faults.py [--fail-first-attempt DIR] [--kill-driver-after-chunks N] -- JOB ARGS
 
-Nothing here is in the production path. This script patches `jobs.infer_dogs` in its own driver
-process and then calls `jobs.infer_dogs.main(JOB ARGS)`. The scoring function it wraps is
+Nothing here is in the production path. This script patches `jobs.run` (the run after listing)
+in its own driver process and then calls `jobs.infer_dogs.main(JOB ARGS)`. The scoring function it wraps is
 defined in this file, which runs as `__main__`, so cloudpickle ships it to the executors by
 value: no hook, flag or environment variable exists in `udfs/` or `jobs/`.
 
@@ -28,7 +28,8 @@ from pathlib import Path
 
 from pyspark import TaskContext
 
-import jobs.infer_dogs as job
+import jobs.infer_dogs
+import jobs.run as job
 
 KILL_DELAY_S = 0.5
 
@@ -80,7 +81,7 @@ def main() -> int:
     if args.kill_driver_after_chunks is not None:
         kill_driver_after_chunks(args.kill_driver_after_chunks)
     job_args = args.job_args[1:] if args.job_args[:1] == ["--"] else args.job_args
-    return job.main(job_args)
+    return jobs.infer_dogs.main(job_args)
 
 
 if __name__ == "__main__":

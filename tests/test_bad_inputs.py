@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from jobs.cli import parse_settings
-from jobs.infer_dogs import run_job
+from jobs.run import run_job
 from jobs.listing import list_images
 from tests.bad_inputs import GOOD_FOLDER, MAX_IMAGE_BYTES, NON_IMAGE_OBJECTS, build_cases
 from tests.conftest import TEST_SECRET, s3_client_for

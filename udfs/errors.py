@@ -20,6 +20,10 @@ _DENIED_CODES = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled", "Inval
 MAX_MESSAGE_CHARS = 500
 
 
+class WeightsError(ValueError):
+    """The weights cannot be had or do not fit the model (a user error: exit code 2)."""
+
+
 class ImageTooLarge(Exception):
     """The object is bigger than `--max-image-bytes`; it is not read."""
 

@@ -25,13 +25,10 @@ import torch
 import torchvision
 from torchvision.models import WeightsEnum
 
+from udfs.errors import WeightsError
 from udfs.settings import S3Options, WeightsSource
 
 log = logging.getLogger(__name__)
-
-
-class WeightsError(ValueError):
-    """The weights cannot be had or do not fit the model (a user error: exit code 2)."""
 
 
 def classification_models() -> list[str]:
