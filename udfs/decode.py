@@ -57,7 +57,7 @@ def open_rgb(data: bytes) -> Image.Image:
             f"image has {width * height} pixels, over the limit of {Image.MAX_IMAGE_PIXELS}"
         )
     image.load()
-    image = ImageOps.exif_transpose(image)
+    ImageOps.exif_transpose(image, in_place=True)  # not a copy of the whole image when upright
     return to_rgb(image)
 
 
