@@ -51,7 +51,7 @@ import torch
 PROJECT = Path(__file__).resolve().parents[1]
 
 from udfs.decode import Preprocessing, decode_and_preprocess, normalize_batch
-from udfs.model import default_weights, load_model, optimize_graph
+from udfs.model import autocast_to, default_weights, load_model, optimize_graph, resolve_precision
 from udfs.storage import read_bytes
 from udfs.settings import S3Options
 
@@ -82,7 +82,7 @@ def _forward_loop(model_name: str, weights: str, device: str, threads: int, batc
     dev = torch.device(device)
     prep = Preprocessing.from_transforms(default_weights(model_name).transforms())
     size = prep.crop_size[0]
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    dtype = resolve_precision(precision, dev)
     model = optimize_graph(load_model(model_name, Path(weights), dev, channels_last), graph, dev, batch, size,
                            channels_last, dtype)
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
@@ -91,8 +91,7 @@ def _forward_loop(model_name: str, weights: str, device: str, threads: int, batc
         x = normalize_batch(images.to(dev, non_blocking=True), prep, torch.float32)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        ctx = torch.autocast(dev.type, dtype=dtype) if dtype else torch.autocast(dev.type, enabled=False)
-        with torch.inference_mode(), ctx:
+        with torch.inference_mode(), autocast_to(dev, dtype):
             model(x).float().softmax(1).topk(5)
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -213,6 +212,11 @@ def run_job(input_uri: str, output: Path, args, weights: Path, batch: int, env: 
                 summary["counts"]["images"] / (summary["timing_s"]["inference"] - summary["timing_s"]["model_build_max"]), 2),
             "model_builds": summary["model_builds"], "devices": summary["devices"],
             "worker_peak_rss_mb": max(w["peak_rss_mb"] for w in summary["workers"])}
+
+
+def combined_ceiling(model_rate: float, decode_rate: float, device: str) -> float:
+    """What both stages reach together: they share the cores on CPU; on GPU the slower one bounds."""
+    return min(model_rate, decode_rate) if device == "cuda" else 1 / (1 / model_rate + 1 / decode_rate)
 
 
 def agreement(run_a: Path, run_b: Path) -> dict[str, Any]:
@@ -388,7 +392,7 @@ def main() -> int:
         precision = args.precision if args.device == "cpu" else "auto"
         result["precision"] = precision
         result["model_ceiling"] = model_ceiling(args.model, weights, args.device, args.cores, args.seconds, log,
-                                                precision if args.device == "cpu" else "fp32")
+                                                args.precision)  # CPU only: on GPU every precision is tried
         best = result["model_ceiling"]["best"]
         if precision == "bf16":
             log("model ceiling, fp32 ...")
@@ -396,7 +400,7 @@ def main() -> int:
         log("decode ceiling ...")
         result["decode_ceiling"] = decode_ceiling(args.model, files, args.cores)
         model_rate, decode_rate = best["images_per_s"], result["decode_ceiling"]["images_per_s"]
-        combined = min(model_rate, decode_rate) if args.device == "cuda" else 1 / (1 / model_rate + 1 / decode_rate)
+        combined = combined_ceiling(model_rate, decode_rate, args.device)
         result["combined_ceiling_images_per_s"] = combined
         job_precision = ["--precision", precision]
 
@@ -405,7 +409,7 @@ def main() -> int:
                                       job_precision, out / f"job-local-{args.model}.log")
         if precision == "bf16":
             best32 = result["model_ceiling_fp32"]["best"]
-            result["combined_ceiling_fp32_images_per_s"] = 1 / (1 / best32["images_per_s"] + 1 / decode_rate)
+            result["combined_ceiling_fp32_images_per_s"] = combined_ceiling(best32["images_per_s"], decode_rate, "cpu")
             log("job, local folder (fp32) ...")
             result["job_local_fp32"] = run_job(str(work / "data"), work / "run-local-fp32", args, weights,
                                                best32["batch"], env, ["--precision", "fp32"],
@@ -504,11 +508,13 @@ def format_table(result: dict[str, Any]) -> str:
                      f"channels_last {best32['channels_last']}, {best32['graph']}"))
         rows.append(("combined ceiling, fp32", f"{result['combined_ceiling_fp32_images_per_s']:.1f} images/s",
                      "1/(1/model+1/decode)"))
-    for name in ("job_local", "job_s3", "job_local_fp32"):
+    precision = result.get("precision", "fp32")
+    for name, where, combined_key in (("job_local", f"local, {precision}", "combined_ceiling_images_per_s"),
+                                      ("job_s3", f"s3, {precision}", "combined_ceiling_images_per_s"),
+                                      ("job_local_fp32", "local, fp32", "combined_ceiling_fp32_images_per_s")):
         if name in result:
             job = result[name]
-            where = name[4:].replace("_fp32", ", fp32") if name.endswith("fp32") else f"{name[4:]}, {result.get('precision', 'fp32')}"
-            combined = result["combined_ceiling_fp32_images_per_s" if name.endswith("fp32") else "combined_ceiling_images_per_s"]
+            combined = result[combined_key]
             rows.append((f"job ({where}) inference", f"{job['inference_images_per_s']:.1f} images/s",
                          f"{result['ratios'][f'{name}_inference_vs_combined_ceiling']:.2f} x combined ceiling"))
             rows.append(("  after model build", f"{job['inference_images_per_s_after_model_build']:.1f} images/s",

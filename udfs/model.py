@@ -177,6 +177,18 @@ def resolve_graph(graph: str, device: torch.device) -> str:
     return graph
 
 
+def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype, or None for plain fp32. `auto`: fp16 on CUDA, fp32 on CPU."""
+    if precision == "auto":
+        precision = "fp16" if device.type == "cuda" else "fp32"
+    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def autocast_to(device: torch.device, dtype: Optional[torch.dtype]):
+    """Autocast to `dtype` on the device, or nothing for fp32 (dtype None)."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
 def optimize_graph(model: torch.nn.Module, graph: str, device: torch.device, batch_size: int,
                    crop_size: int, channels_last: bool,
                    autocast_dtype: Optional[torch.dtype] = None) -> torch.nn.Module:
@@ -196,9 +208,8 @@ def optimize_graph(model: torch.nn.Module, graph: str, device: torch.device, bat
         if channels_last:
             example = example.contiguous(memory_format=torch.channels_last)
         try:
-            autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
-                        else contextlib.nullcontext())
-            with torch.inference_mode(False), torch.no_grad(), autocast, warnings.catch_warnings():
+            with torch.inference_mode(False), torch.no_grad(), autocast_to(device, autocast_dtype), \
+                    warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # TorchScript's deprecation notices
                 traced = torch.jit.trace(model, example, check_trace=False)
                 return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))

@@ -15,7 +15,6 @@ go out.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -33,7 +32,7 @@ from udfs.decode import Preprocessing, decode_and_preprocess, normalize_batch
 from udfs.errors import describe_failure
 from udfs.gpu_decode import EncodedJpeg, decode_batch, probe_jpeg
 from udfs.labels import ClassNames
-from udfs.model import default_weights, load_model, optimize_graph
+from udfs.model import autocast_to, default_weights, load_model, optimize_graph, resolve_precision
 from udfs.settings import Settings
 from udfs.schema import SCORED_SCHEMA
 from udfs.storage import read_bytes
@@ -57,13 +56,6 @@ class TaskStats:
     model_seconds: float = 0.0
     wait_seconds: float = 0.0
     errors_by_kind: dict[str, int] = field(default_factory=dict)
-
-
-def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype, or None for plain fp32. `auto`: fp16 on CUDA, fp32 on CPU."""
-    if precision == "auto":
-        precision = "fp16" if device.type == "cuda" else "fp32"
-    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
 class Prefetcher:
@@ -170,12 +162,7 @@ class Predictor:
         if self.device.type == "cuda":  # uint8 only over the bus: pinned, asynchronous
             images = [i if i.is_cuda else i.pin_memory().to(self.device, non_blocking=True) for i in images]
         batch = torch.stack(images)
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.autocast_dtype)
-            if self.autocast_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast_to(self.device, self.autocast_dtype):
             inputs = normalize_batch(batch, self.prep, torch.float32)
             if self.settings.channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
