@@ -183,8 +183,19 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def validate(settings: Settings) -> None:
+def validate_model(settings: Settings) -> None:
+    """The model name, apart from `validate`: the check imports torchvision (~2.5 s of the driver's
+    one core), so a run makes it on the torch side, once the background import is done (Spark
+    starts meanwhile); a dry run makes it before printing its plan."""
     from udfs.model import classification_models
+
+    if settings.model not in classification_models():
+        raise UsageError(f"unknown torchvision classification model {settings.model!r} "
+                         "(see torchvision.models.list_models(module=torchvision.models))")
+
+
+def validate(settings: Settings) -> None:
+    """Everything that needs no torch (see `validate_model`)."""
     from udfs.storage import is_s3_uri, local_path
 
     if not settings.input:
@@ -193,9 +204,6 @@ def validate(settings: Settings) -> None:
         raise UsageError("--output is required (the run directory)")
     if not is_s3_uri(settings.input) and not local_path(settings.input).exists():
         raise UsageError(f"input folder not found: {settings.input}")
-    if settings.model not in classification_models():
-        raise UsageError(f"unknown torchvision classification model {settings.model!r} "
-                         "(see torchvision.models.list_models(module=torchvision.models))")
     if settings.weights and settings.random_weights is not None:
         raise UsageError("--weights and --random-weights exclude each other")
     if settings.label_map and not Path(settings.label_map).is_file():

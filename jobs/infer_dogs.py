@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Optional, Sequence
 
 try:
-    from jobs.cli import EXIT_USAGE, UsageError, parse_settings
+    from jobs.cli import EXIT_USAGE, UsageError, parse_settings, validate_model
 except ModuleNotFoundError as missing:  # spark-submit puts jobs/ on sys.path, not the project root
     sys.exit(f"infer-dogs: error: cannot import the project ({missing}); install it with "
              "`pip install -e .` (or ship it with --py-files / spark.archives) before spark-submit")
@@ -90,6 +90,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         configure_verbosity(settings.verbose)
         listing = list_images(settings)
         if settings.dry_run:
+            validate_model(settings)
             print(dry_run(settings, listing))
             return 0
     except (UsageError, ListingError) as exc:
@@ -103,10 +104,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     spark = start_spark(settings)
     try:
         run_job = torch_side.result().run_job  # imported while Spark started
+        validate_model(settings)
         timings["spark_start"] = time.perf_counter() - step
         summary = run_job(spark, settings, listing, timings)
         per_class = spark.read.parquet(summary["outputs"]["per_class_accuracy"]).toPandas()
-    except (OutputExistsError, WeightsError, GpuSchedulingError) as exc:
+    except (UsageError, OutputExistsError, WeightsError, GpuSchedulingError) as exc:
         return fail(spark, EXIT_USAGE, str(exc))
     except Exception as exc:  # the job failed: say so in one line, keep the traceback in the log
         log.exception("the job failed")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 from jobs.cli import UsageError, build_parser, parse_settings
 from jobs.infer_dogs import main
@@ -35,7 +36,6 @@ def test_config_file_with_cli_winning(tmp_path, suffix):
 @pytest.mark.parametrize("argv, message", [
     (["--output", "o"], "--input is required"),
     (["--input", "/no/such/folder", "--output", "o"], "input folder not found"),
-    (["--input", ".", "--output", "o", "--model", "resnet9000"], "unknown torchvision classification model"),
     (["--input", ".", "--output", "o", "--batch-size", "0"], "--batch-size must be at least 1"),
     (["--input", ".", "--output", "o", "--weights", "w.pt", "--random-weights", "1"], "exclude each other"),
     (["--input", ".", "--output", "o", "--mode", "append"], "invalid choice"),
@@ -44,6 +44,31 @@ def test_config_file_with_cli_winning(tmp_path, suffix):
 def test_bad_arguments_raise_usage_error(argv, message):
     with pytest.raises(UsageError, match=message):
         parse_settings(argv)
+
+
+class StoppedSpark:
+    def __init__(self):
+        self.stopped = False
+
+    def stop(self):
+        self.stopped = True
+
+
+def test_unknown_model_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
+    """Checked once torchvision is imported (beside Spark's start), before OUTPUT or weights are touched."""
+    import jobs.infer_dogs as infer_dogs
+
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.jpg")
+    spark = StoppedSpark()
+    monkeypatch.setattr(infer_dogs, "start_spark", lambda settings: spark)
+    argv = ["--input", str(tmp_path / "images"), "--output", str(tmp_path / "o"), "--model", "resnet9000"]
+    assert main(argv) == 2
+    assert spark.stopped and not (tmp_path / "o").exists()
+    message = "infer-dogs: error: unknown torchvision classification model 'resnet9000'"
+    assert capsys.readouterr().err.strip().startswith(message)
+    assert main([*argv, "--dry-run"]) == 2  # the dry run checks it too, without Spark
+    assert capsys.readouterr().err.strip().startswith(message)
 
 
 def test_unknown_config_key_is_refused(tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.cli import parse_settings
+from jobs.cli import parse_settings, validate_model
 from tests.conftest import PROJECT_ROOT
 
 CONF = PROJECT_ROOT / "conf"
@@ -50,6 +50,7 @@ def split_submit(args: list[str]) -> tuple[dict[str, str], list[str]]:
 def check_job_args(args: list[str], source: str) -> None:
     """The job's parser and validation accept them (input and output on S3, so no local checks)."""
     settings = parse_settings(args)
+    validate_model(settings)
     assert settings.input.startswith(("s3://", "s3a://", "dbfs:/", "/Volumes/")), source
     assert settings.output.startswith(("s3://", "s3a://", "dbfs:/", "/Volumes/")), source
 
