@@ -64,6 +64,21 @@ def test_stream_of_batches_keeps_order_and_rows(sample_images, weights):
     assert predictor.stats.images == 10 and predictor.stats.errors == 0
 
 
+def test_an_image_scores_the_same_whatever_shares_its_batch(sample_images, weights):
+    """Short batches are padded to the model batch: alone, first or last among others, an image's
+    probabilities are bit for bit the same (the fused CPU graph, like cuDNN, picks kernels per shape)."""
+    files = sample_images.files()[:9]
+    settings = Settings(input=".", output=".", model=MODEL, batch_size=4)
+    cpu = torch.device("cpu")
+    predictor = Predictor(settings, cpu, optimize_graph(load_model(MODEL, weights, cpu, True), "auto", cpu, 4, 224, True))
+    alone = predictor(frame(files[8:9])).iloc[0]
+    last = predictor(frame(files[5:9])).iloc[-1]
+    after_a_full_batch = predictor(frame(files[:9])).iloc[-1]  # a batch of 4, 4, then 1
+    for other in (last, after_a_full_batch):
+        assert other["path"] == alone["path"]
+        assert other["top_k_probs"] == alone["top_k_probs"] and other["pred_prob"] == alone["pred_prob"]
+
+
 def test_precision_resolution():
     assert resolve_precision("auto", torch.device("cpu")) is None
     assert resolve_precision("auto", torch.device("cuda", 0)) is torch.float16
@@ -86,6 +101,47 @@ def test_reduced_precision_is_traced_into_the_frozen_graph(weights):
     assert "BFloat16" in str(bf16_graph.graph) and "BFloat16" not in str(fp32_graph.graph)
     torch.testing.assert_close(got.float().softmax(1), expected, atol=5e-2, rtol=0)  # bf16 keeps ~3 digits
     assert torch.equal(got.float().argmax(1), expected.argmax(1))
+
+
+def graph_inputs(batch: int) -> torch.Tensor:
+    prep = Preprocessing.from_transforms(default_weights(MODEL).transforms())
+    images = torch.randint(0, 256, (batch, 3, 224, 224), generator=torch.Generator().manual_seed(5), dtype=torch.uint8)
+    return normalize_batch(images, prep, torch.float32).contiguous(memory_format=torch.channels_last)
+
+
+def test_cpu_graph_runs_fused_by_onednn_and_matches_eager(weights):
+    """The CPU default: frozen TorchScript with oneDNN Graph fusion, the eager outputs within float rounding,
+    also for a last batch smaller than the traced one."""
+    cpu = torch.device("cpu")
+    eager = load_model(MODEL, weights, cpu, True)
+    graph = optimize_graph(load_model(MODEL, weights, cpu, True), "auto", cpu, 4, 224, True)
+    for batch in (4, 3):
+        inputs = graph_inputs(batch)
+        with torch.inference_mode():
+            got, expected = graph(inputs).softmax(1), eager(inputs).softmax(1)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+        assert "prim::oneDNNFusionGroup" in str(torch.jit.last_executed_optimized_graph())
+
+
+def test_graph_that_fails_to_fuse_runs_unfused(weights, monkeypatch):
+    import udfs.model
+
+    real_script = udfs.model._script
+
+    def no_fusion(model, example, device, dtype, fuse):
+        if fuse:
+            raise RuntimeError("oneDNN Graph cannot compile this partition")
+        return real_script(model, example, device, dtype, fuse)
+
+    monkeypatch.setattr(udfs.model, "_script", no_fusion)
+    cpu = torch.device("cpu")
+    graph = optimize_graph(load_model(MODEL, weights, cpu, True), "auto", cpu, 4, 224, True)
+    inputs = graph_inputs(4)
+    with torch.inference_mode():
+        got, expected = graph(inputs).softmax(1), load_model(MODEL, weights, cpu, True)(inputs).softmax(1)
+    assert isinstance(graph, torch.jit.ScriptModule) and not torch.jit.onednn_fusion_enabled()
+    assert "oneDNNFusionGroup" not in str(torch.jit.last_executed_optimized_graph())
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
 def test_model_built_once_per_python_worker(spark, sample_images, tmp_path):

@@ -157,10 +157,21 @@ class Predictor:
 
     # -- the model ------------------------------------------------------------------------------
     def infer(self, images: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
-        """Top-`top_eval` probabilities and indices for each image, softmax per row."""
+        """Top-`top_eval` probabilities and indices for each image, softmax per row.
+
+        A short batch is padded with blank images to the model batch size, so that the model
+        only ever sees one shape: oneDNN and cuDNN choose kernels per shape, and a fused graph
+        runs unfused on the first calls of a new shape, so an image's probabilities would
+        otherwise depend (in the 5th-6th digit) on how many images shared its batch and on what
+        its worker ran before. With one shape they are bit for bit the same whatever its
+        neighbours, task or worker (measured; the fault tests compare runs exactly). Padding
+        costs at most one batch per Arrow batch."""
         started = time.perf_counter()
         if self.device.type == "cuda":  # uint8 only over the bus: pinned, asynchronous
             images = [i if i.is_cuda else i.pin_memory().to(self.device, non_blocking=True) for i in images]
+        count = len(images)
+        if count < self.settings.batch_size:
+            images = images + [torch.zeros_like(images[0])] * (self.settings.batch_size - count)
         batch = torch.stack(images)
         with torch.inference_mode(), autocast_to(self.device, self.autocast_dtype):
             inputs = normalize_batch(batch, self.prep, torch.float32)
@@ -169,7 +180,7 @@ class Predictor:
             logits = self.model(inputs)
             probs = torch.softmax(logits.float(), dim=1)
             top = torch.topk(probs, self.top_eval, dim=1)
-            values, indices = top.values.cpu().numpy(), top.indices.cpu().numpy()
+            values, indices = top.values[:count].cpu().numpy(), top.indices[:count].cpu().numpy()
         self.stats.model_seconds += time.perf_counter() - started
         return values, indices
 
