@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 
 
 class OutputExistsError(Exception):
@@ -151,12 +150,12 @@ def append_parquet(frame: DataFrame, uri: str) -> None:
     frame.write.mode("append").parquet(uri)
 
 
-def check_one_row_per_image(predictions: DataFrame, n_images: int) -> None:
-    """Nothing lost, nothing doubled: as many rows and distinct paths as listed images."""
-    counts = predictions.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("path").alias("paths")).first()
-    if counts["rows"] != n_images or counts["paths"] != n_images:
+def check_one_row_per_image(totals: dict, n_images: int) -> None:
+    """Nothing lost, nothing doubled: as many rows and distinct paths as listed images
+    (`totals` from `jobs.per_class.overall_counts`)."""
+    if totals["images"] != n_images or totals["paths"] != n_images:
         raise IncompleteOutputError(
-            f"predictions hold {counts['rows']} rows for {counts['paths']} distinct images, "
+            f"predictions hold {totals['images']} rows for {totals['paths']} distinct images, "
             f"but {n_images} images were listed"
         )
 

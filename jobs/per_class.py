@@ -57,13 +57,17 @@ def per_class_accuracy(predictions: DataFrame) -> DataFrame:
         "most_confused_with",
     )
     typed = table.select([F.col(f.name).cast(f.dataType).alias(f.name) for f in PER_CLASS_SCHEMA.fields])
-    return typed.orderBy(F.col("wnid").asc_nulls_last(), F.col("label"))
+    # One row per class (at most a few thousand): one sorted partition, written as one file. A
+    # global orderBy would cost a sampling job of its own for its range partitioning.
+    return typed.coalesce(1).sortWithinPartitions(F.col("wnid").asc_nulls_last(), F.col("label"))
 
 
 def overall_counts(predictions: DataFrame) -> dict:
-    """Run-wide totals for the summary, in one pass over the written predictions."""
+    """Run-wide totals for the summary and for `jobs.outputs.check_one_row_per_image` (`paths`:
+    distinct paths), in one pass over the written predictions, and the errors by kind."""
     row = predictions.agg(
         F.count(F.lit(1)).alias("images"),
+        F.count_distinct("path").alias("paths"),
         F.sum(F.when(F.col("error").isNull(), 1).otherwise(0)).alias("scored"),
         F.sum(F.when(F.col("error").isNotNull(), 1).otherwise(0)).alias("errors"),
         F.sum(F.when(F.col("correct").isNotNull(), 1).otherwise(0)).alias("with_truth"),

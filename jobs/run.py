@@ -104,9 +104,9 @@ def run_job(spark: SparkSession, settings: Settings, listing: Listing,
 
     step = time.perf_counter()
     predictions = spark.read.parquet(paths.predictions)  # aggregate the written rows: no re-scoring
-    check_one_row_per_image(predictions, len(listing.images))
-    write_parquet(per_class_accuracy(predictions), paths.per_class)
     totals = overall_counts(predictions)
+    check_one_row_per_image(totals, len(listing.images))
+    write_parquet(per_class_accuracy(predictions), paths.per_class)
     timings["aggregate"] = time.perf_counter() - step
     timings["total"] = sum(timings.values())
     outputs = {"predictions": paths.predictions, "per_class_accuracy": paths.per_class, "summary": paths.summary}

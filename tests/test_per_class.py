@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from jobs.outputs import IncompleteOutputError, check_one_row_per_image
 from jobs.per_class import overall_counts, per_class_accuracy
 from udfs.schema import PER_CLASS_SCHEMA, PREDICTIONS_SCHEMA
 
@@ -59,8 +60,29 @@ def test_confusion_ties_go_to_the_lower_class_index(spark):
 
 def test_overall_counts(predictions):
     totals = overall_counts(predictions)
-    assert totals["images"] == 7 and totals["scored"] == 6 and totals["errors"] == 1
+    assert totals["images"] == 7 and totals["paths"] == 7 and totals["scored"] == 6 and totals["errors"] == 1
     assert totals["with_truth"] == 5
     assert totals["top1_accuracy"] == pytest.approx(2 / 5)
     assert totals["top5_accuracy"] == pytest.approx(4 / 5)
     assert totals["errors_by_kind"] == {"decode_error": 1}
+
+
+def test_one_row_per_image_check_counts_rows_and_distinct_paths(spark, predictions):
+    check_one_row_per_image(overall_counts(predictions), 7)
+    doubled = predictions.union(predictions.where("path = 'a1'"))  # a1 twice
+    swapped = doubled.where("path != 'b1'")  # a1 twice, b1 lost: still 7 rows
+    for frame, message in ((doubled, "8 rows for 7 distinct"), (swapped, "7 rows for 6 distinct"),
+                           (predictions.where("path != 'c1'"), "6 rows for 6 distinct")):
+        with pytest.raises(IncompleteOutputError, match=message):
+            check_one_row_per_image(overall_counts(frame), 7)
+
+
+def test_per_class_table_is_one_sorted_file(spark, predictions, tmp_path):
+    from jobs.outputs import write_parquet
+
+    write_parquet(per_class_accuracy(predictions), str(tmp_path / "pc"))
+    assert len(list((tmp_path / "pc").glob("*.parquet"))) == 1
+    import pandas as pd
+
+    table = pd.read_parquet(tmp_path / "pc")
+    assert table["label"].tolist() == ["A", "B", "cats"]  # by wnid, classes without one last
