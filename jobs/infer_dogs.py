@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -121,5 +122,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+def exit_process(code: int) -> None:
+    """End the process without Python's interpreter teardown, which takes ~1 s once torch and
+    torchvision are loaded (measured here: 0.5 s for torch alone, 0.9 s with torchvision; 1.1 s
+    of every run between the job's last line and its exit). Everything the job writes went
+    through Spark's JVM, which was stopped, or through files closed before this point; the log
+    and stdout are flushed here. On Databricks the driver's Python process belongs to the
+    platform, so there the job exits normally."""
+    if "DATABRICKS_RUNTIME_VERSION" in os.environ:
+        sys.exit(code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def entry() -> None:
+    """The command line (`infer-dogs`, `python -m jobs.infer_dogs`, spark-submit's script)."""
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

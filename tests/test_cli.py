@@ -97,6 +97,27 @@ def test_console_script_usage_error_in_subprocess():
     assert "Traceback" not in result.stderr
 
 
+def test_command_line_flushes_its_output_before_the_fast_exit(tmp_path):
+    """The entry point ends with os._exit (no interpreter teardown): stdout must be complete and the
+    exit code kept, also when stdout is a pipe."""
+    (tmp_path / "n02085620-Chihuahua").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "n02085620-Chihuahua" / "a.jpg")
+    result = subprocess.run([sys.executable, "-m", "jobs.infer_dogs", "--input", str(tmp_path), "--output",
+                             str(tmp_path / "o"), "--dry-run", "--model", "mobilenet_v3_small"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Chihuahua" in result.stdout and result.stdout.endswith("\n")
+
+
+def test_databricks_driver_exits_normally(monkeypatch):
+    from jobs.infer_dogs import exit_process
+
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "15.4")
+    with pytest.raises(SystemExit) as exited:
+        exit_process(2)
+    assert exited.value.code == 2
+
+
 def test_help_lists_every_flag():
     text = build_parser().format_help()
     for flag in ("--input", "--output", "--model", "--weights", "--random-weights", "--batch-size", "--top-k",
