@@ -243,6 +243,8 @@ def test_charts_without_truth_are_still_valid_pngs(tmp_path):
         charts.confidence_histogram(bins, tmp_path / "h.png"),
         charts.reliability_diagram(bins, tmp_path / "r.png", expected_calibration_error(bins)),
         charts.mistakes_grid([], tmp_path / "m.png"),
+        charts.mistakes_grid([(np.full((90, 120, 3), 200, np.uint8), "true: a very long breed name indeed\npred: b (51%)"),
+                              (None, "true: c\npred: d (50%)")], tmp_path / "g.png", random_weights=True, columns=6),
     ]
     for path in paths:
         assert_valid_png(path.read_bytes())
