@@ -470,6 +470,8 @@ def main() -> int:
             if "job_half" in result:
                 result["ratios"]["worker_peak_rss_all_vs_half"] = (
                     result["job_local"]["worker_peak_rss_mb"] / result["job_half"]["worker_peak_rss_mb"])
+                result["ratios"]["worker_peak_rss_half_vs_one_copy"] = (
+                    result["job_half"]["worker_peak_rss_mb"] / result["job_one_copy"]["worker_peak_rss_mb"])
         if "job_local_fp32" in result:
             result["ratios"]["job_local_fp32_inference_vs_combined_ceiling"] = (
                 result["job_local_fp32"]["inference_images_per_s"] / result["combined_ceiling_fp32_images_per_s"])
@@ -525,13 +527,17 @@ def format_table(result: dict[str, Any]) -> str:
         agree = result["bf16_vs_fp32"]
         rows.append(("bf16 vs fp32 top-1", f"{100 * agree['top1_agreement']:.1f} %",
                      f"same class on {agree['images']} images; max |pred_prob diff| {agree['max_abs_pred_prob_diff']:.4f}"))
-    if "job_one_copy" in result:
-        rows.append(("worker peak RSS", f"{result['job_local']['worker_peak_rss_mb']:.0f} MB",
-                     f"{result['ratios']['worker_peak_rss_all_vs_one_copy']:.2f} x the run on one copy "
-                     f"({result['job_one_copy']['images']} images: {result['job_one_copy']['worker_peak_rss_mb']:.0f} MB)"))
-    if "job_half" in result:
-        rows.append(("", "", f"{result['ratios']['worker_peak_rss_all_vs_half']:.2f} x the run on half the copies "
-                             f"({result['job_half']['images']} images: {result['job_half']['worker_peak_rss_mb']:.0f} MB)"))
+    if "job_one_copy" in result:  # Python worker peak RSS on 1x, N/2x and Nx the images
+        one = result["job_one_copy"]
+        rows.append(("worker peak RSS, one copy", f"{one['worker_peak_rss_mb']:.0f} MB", f"{one['images']} images"))
+        if "job_half" in result:
+            half = result["job_half"]
+            rows.append(("  half the copies", f"{half['worker_peak_rss_mb']:.0f} MB",
+                         f"{half['images']} images: {result['ratios']['worker_peak_rss_half_vs_one_copy']:.2f} x one copy"))
+        also = (f", {result['ratios']['worker_peak_rss_all_vs_half']:.2f} x half" if "job_half" in result else "")
+        rows.append(("  all the copies", f"{result['job_local']['worker_peak_rss_mb']:.0f} MB",
+                     f"{result['job_local']['images']} images: "
+                     f"{result['ratios']['worker_peak_rss_all_vs_one_copy']:.2f} x one copy{also}"))
     for name in ("tutorial", "databricks"):
         if name in result:
             text = f"job is {result['ratios'][f'{name}_wall_vs_job_wall']:.2f} x faster"

@@ -196,7 +196,10 @@ def _script(model: torch.nn.Module, example: torch.Tensor, device: torch.device,
             fuse: bool) -> torch.jit.ScriptModule:
     """Trace and freeze; with `fuse`, oneDNN Graph fusion, else torch.jit.optimize_for_inference.
     Two calls on the example inside: the profiling runs in which oneDNN Graph compiles its
-    partitions, so that a failure shows here, not on the first batch of images."""
+    partitions, so that a failure shows here, not on the first batch of images, and so that
+    every batch of images runs the fused graph (with the predictor padding short batches to this
+    shape, no image's result depends on what its worker ran before). They cost up to ~1 s of
+    the build (ResNet50, batch 8, one thread)."""
     torch.jit.enable_onednn_fusion(fuse)  # process-wide: this worker's graphs are all ours
     with torch.inference_mode(False), torch.no_grad(), autocast_to(device, autocast_dtype, cache_enabled=False), \
             warnings.catch_warnings():
