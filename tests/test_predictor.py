@@ -65,8 +65,8 @@ def test_stream_of_batches_keeps_order_and_rows(sample_images, weights):
 
 
 def test_an_image_scores_the_same_whatever_shares_its_batch(sample_images, weights):
-    """Short batches are padded to the model batch: alone, first or last among others, an image's
-    probabilities are bit for bit the same (the fused CPU graph, like cuDNN, picks kernels per shape)."""
+    """On CPU short batches are padded to the model batch: alone, first or last among others, an image's
+    probabilities are bit for bit the same (the fused CPU graph picks kernels per shape)."""
     files = sample_images.files()[:9]
     settings = Settings(input=".", output=".", model=MODEL, batch_size=4)
     cpu = torch.device("cpu")
