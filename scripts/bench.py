@@ -198,7 +198,7 @@ def run_timed(command: list[str], env: dict[str, str], log_file: Path) -> float:
 
 def run_job(input_uri: str, output: Path, args, weights: Path, batch: int, env: dict[str, str],
             extra: list[str], log_file: Path) -> dict[str, Any]:
-    command = [spark_submit(), "--master", f"local[{args.cores}]",
+    command = [spark_submit(), "--master", f"local[{args.job_slots or args.cores}]",
                "--properties-file", str(PROJECT / "conf" / "spark-defaults.local.conf"),
                str(PROJECT / "jobs" / "infer_dogs.py"), "--input", input_uri, "--output", str(output),
                "--model", args.model, "--weights", str(weights), "--batch-size", str(batch),
@@ -350,6 +350,12 @@ def main() -> int:
     parser.add_argument("--rss-check", action="store_true",
                         help="also run the job on one copy and on half the copies, to compare Python worker peak "
                              "RSS at 1x, N/2x and Nx images")
+    parser.add_argument("--job-slots", type=int,
+                        help="Spark task slots for the job (local[N]; default: --cores). On a GPU machine one Python "
+                             "worker per core puts that many models and CUDA contexts on one GPU, each with a few "
+                             "images per task: fewer slots with more fetch threads each may feed it better, e.g. "
+                             "--job-slots 4 --job-arg=--decode-threads=4 --job-arg=--tasks-per-slot=1 (or "
+                             "--job-arg=--gpu-decode); not measured yet")
     parser.add_argument("--job-arg", dest="job_args", action="append", default=[],
                         help="extra argument for the job (repeatable), e.g. --job-arg=--decode-threads=2")
     parser.add_argument("--out", default="bench-output")
@@ -382,6 +388,7 @@ def main() -> int:
         make_spread_weights(args.model, 0, files[:len(files) // max(args.copies, 1)], weights)
         result: dict[str, Any] = {
             "model": args.model, "images": len(files), "cores": args.cores, "device": args.device,
+            "job_slots": args.job_slots or args.cores, "job_args": args.job_args,
             "machine": {"platform": platform.platform(), "processor": platform.processor(),
                         "cpus": os.cpu_count(), "torch": torch.__version__,
                         "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None},
