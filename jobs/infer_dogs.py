@@ -46,9 +46,10 @@ def import_in_background(name: str) -> Future:
     Used for the torch side of the run while the main thread starts Spark: the import is ~3 s
     of Python, Spark's start ~3 s of mostly JVM work. On 2 cores they overlap only in part
     (measured: the whole process 0.3-1.6 s shorter, Spark start + imports 4.1 s instead of
-    3.4 s + the imports); `--help`, usage errors and dry runs no longer import torch at all
-    (0.7 s instead of 5 s). Spark itself starts on the main thread, where PySpark installs its
-    Ctrl-C handler that cancels running jobs."""
+    3.4 s + the imports); `--help` and usage errors found before listing do not import torch at
+    all (0.7 s instead of 5 s); dry runs import it for the model-name check (`validate_model`).
+    Spark itself starts on the main thread, where PySpark installs its Ctrl-C handler that
+    cancels running jobs."""
     pool = ThreadPoolExecutor(1, thread_name_prefix="infer-dogs-import")
     future = pool.submit(importlib.import_module, name)
     pool.shutdown(wait=False)
