@@ -83,6 +83,8 @@ def test_precision_resolution():
     assert resolve_precision("auto", torch.device("cpu")) is None
     assert resolve_precision("auto", torch.device("cuda", 0)) is torch.float16
     assert resolve_precision("bf16", torch.device("cpu")) is torch.bfloat16
+    assert resolve_precision("fp16", torch.device("cpu")) is None  # GPU settings on a CPU executor: fp32
+    assert resolve_precision("fp16", torch.device("cuda", 0)) is torch.float16
 
 
 def test_reduced_precision_is_traced_into_the_frozen_graph(weights):
@@ -158,3 +160,4 @@ def test_model_built_once_per_python_worker(spark, sample_images, tmp_path):
     assert all(w["model_builds"] == 1 for w in workers)
     assert sum(w["images"] for w in workers) == len(sample_images.files()) == len(read_predictions(out))
     assert summary["devices"] == ["cpu"]
+

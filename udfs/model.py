@@ -12,6 +12,7 @@ with `torch.load(weights_only=True)`, and pick the device Spark's resource sched
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import pickle
@@ -178,10 +179,22 @@ def resolve_graph(graph: str, device: torch.device) -> str:
 
 
 def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype, or None for plain fp32. `auto`: fp16 on CUDA, fp32 on CPU."""
+    """The autocast dtype, or None for plain fp32. `auto`: fp16 on CUDA, fp32 on CPU.
+
+    fp16 asked for on a CPU (a GPU job's settings on an executor without a GPU) runs in fp32:
+    CPU fp16 autocast ran ~10x slower than fp32 here and gave NaN probabilities for
+    mobilenet_v3_small's traced graph (scripts/bench_executors.py --device cpu)."""
     if precision == "auto":
         precision = "fp16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type == "cpu":
+        _warn_fp16_on_cpu()
+        precision = "fp32"
     return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+@functools.cache
+def _warn_fp16_on_cpu() -> None:
+    log.warning("--precision fp16 on a CPU: running in fp32 (use bf16 for reduced precision on CPU)")
 
 
 def autocast_to(device: torch.device, dtype: Optional[torch.dtype], cache_enabled: bool = True):
