@@ -51,7 +51,8 @@ import torch
 PROJECT = Path(__file__).resolve().parents[1]
 
 from udfs.decode import Preprocessing, decode_and_preprocess, normalize_batch
-from udfs.model import autocast_to, default_weights, load_model, optimize_graph, resolve_precision
+from udfs.model import (autocast_to, default_weights, exact_fp32_on_cuda, load_model, optimize_graph,
+                        resolve_precision)
 from udfs.storage import read_bytes
 from udfs.settings import S3Options
 
@@ -83,6 +84,7 @@ def _forward_loop(model_name: str, weights: str, device: str, threads: int, batc
     prep = Preprocessing.from_transforms(default_weights(model_name).transforms())
     size = prep.crop_size[0]
     dtype = resolve_precision(precision, dev)
+    exact_fp32_on_cuda(dev, dtype)
     model = optimize_graph(load_model(model_name, Path(weights), dev, channels_last), graph, dev, batch, size,
                            channels_last, dtype)
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)

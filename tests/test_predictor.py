@@ -161,3 +161,18 @@ def test_model_built_once_per_python_worker(spark, sample_images, tmp_path):
     assert sum(w["images"] for w in workers) == len(sample_images.files()) == len(read_predictions(out))
     assert summary["devices"] == ["cpu"]
 
+
+def test_fp32_on_cuda_turns_tf32_off():
+    """cuDNN's default TF32 moved ResNet50 probabilities by 1e-2 on an H200: fp32 must be fp32."""
+    from udfs.model import exact_fp32_on_cuda
+
+    saved = torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = True
+        exact_fp32_on_cuda(torch.device("cuda", 0), torch.float16)  # reduced precision: left alone
+        exact_fp32_on_cuda(torch.device("cpu"), None)
+        assert torch.backends.cudnn.allow_tf32
+        exact_fp32_on_cuda(torch.device("cuda", 0), None)
+        assert not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved

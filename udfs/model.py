@@ -192,6 +192,14 @@ def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dt
     return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
+def exact_fp32_on_cuda(device: torch.device, autocast_dtype: Optional[torch.dtype]) -> None:
+    """fp32 on CUDA means fp32: PyTorch lets cuDNN run fp32 convolutions in TF32 by default, which
+    moved ResNet50's probabilities by up to 1.0e-2 from the CPU reference and changed one top-1 of
+    120 (H200, scripts/bench_executors.py). Process-wide; a Python worker runs one precision."""
+    if device.type == "cuda" and autocast_dtype is None:
+        torch.backends.cudnn.allow_tf32 = False
+
+
 @functools.cache
 def _warn_fp16_on_cpu() -> None:
     log.warning("--precision fp16 on a CPU: running in fp32 (use bf16 for reduced precision on CPU)")

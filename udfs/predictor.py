@@ -32,7 +32,8 @@ from udfs.decode import Preprocessing, decode_and_preprocess, normalize_batch
 from udfs.errors import describe_failure
 from udfs.gpu_decode import EncodedJpeg, decode_batch, probe_jpeg
 from udfs.labels import ClassNames
-from udfs.model import autocast_to, default_weights, load_model, optimize_graph, resolve_precision
+from udfs.model import (autocast_to, default_weights, exact_fp32_on_cuda, load_model, optimize_graph,
+                        resolve_precision)
 from udfs.settings import Settings
 from udfs.schema import SCORED_SCHEMA
 from udfs.storage import read_bytes
@@ -299,6 +300,7 @@ def cached_model(settings: Settings, device: torch.device, weights_file: Path) -
         if model is not None:
             return model, False
         log.info("building %s on %s from %s", settings.model, device, settings.weights_source.description)
+        exact_fp32_on_cuda(device, autocast_dtype)
         model = load_model(settings.model, weights_file, device, settings.channels_last)
         crop_size = default_weights(settings.model).transforms().crop_size[0]
         model = optimize_graph(model, settings.graph, device, settings.batch_size, crop_size, settings.channels_last,
