@@ -37,7 +37,7 @@ command=(
   --conf spark.hadoop.fs.s3a.aws.credentials.provider=software.amazon.awssdk.auth.credentials.DefaultCredentialsProvider
   local:///opt/infer-dogs/infer_dogs.py
   --model resnet50
-  --batch-size 64
+  --batch-size 256
   --decode-threads 4
   --tasks-per-slot 2
   "$@"
