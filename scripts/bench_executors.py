@@ -69,11 +69,12 @@ class ExecutorConfig:
                 + (", gpu-decode" if self.gpu_decode else ""))
 
 
-def settings_for(config: ExecutorConfig, model: str, weights: Path, arrow_batch_size: int) -> Settings:
+def settings_for(config: ExecutorConfig, model: str, weights: Path, arrow_batch_size: int,
+                 graph: str = "auto") -> Settings:
     source = WeightsSource("file", f"bench weights {weights.name}", sha256_of(weights), weights.name)
     return Settings(input="bench", output="bench", model=model, batch_size=config.batch,
                     arrow_batch_size=arrow_batch_size, precision=config.precision, gpu_decode=config.gpu_decode,
-                    decode_threads=config.decode_threads, weights_source=source)
+                    decode_threads=config.decode_threads, graph=graph, weights_source=source)
 
 
 def listing(files: list[Path]) -> pd.DataFrame:
@@ -85,22 +86,32 @@ def listing(files: list[Path]) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------- 1. check -------------------
+def parse_check(text: str) -> tuple[str, bool, str]:
+    """`PRECISION[:gpu-decode][:GRAPH]` -> (precision, gpu_decode, graph), e.g. fp16:compile."""
+    precision, *flags = text.split(":")
+    graphs = [flag for flag in flags if flag != "gpu-decode"]
+    return precision, "gpu-decode" in flags, graphs[0] if graphs else "auto"
+
+
 def check_device_rows(model: str, weights: Path, files: list[Path], device: torch.device,
-                      variants: list[tuple[str, bool]]) -> list[dict[str, Any]]:
+                      variants: list[tuple[str, bool, str]]) -> list[dict[str, Any]]:
     from tests.reference import model_from_file, reference_probabilities
     from udfs.predictor import get_predictor
 
     reference = reference_probabilities(model_from_file(model, weights), model, files)
     frame = listing(files)
     out = []
-    for precision, gpu_decode in variants:
-        settings = settings_for(ExecutorConfig(1, 4, 64, precision, gpu_decode), model, weights, 256)
+    for precision, gpu_decode, graph in variants:
+        settings = settings_for(ExecutorConfig(1, 4, 64, precision, gpu_decode), model, weights, 256, graph)
+        started = time.perf_counter()
         predictor, _ = get_predictor(settings, device, weights)
         rows = pd.concat(list(predictor.predict_batches(iter([frame]))), ignore_index=True)
+        seconds = time.perf_counter() - started
         ref = torch.stack([reference[p] for p in rows["path"]])
         same = (torch.tensor(rows["pred_index"].astype("int64").to_numpy()) == ref.argmax(1))
         diff = (torch.tensor(rows["pred_prob"].astype("float32").to_numpy()) - ref.max(1).values).abs()
-        out.append({"precision": precision, "gpu_decode": gpu_decode, "images": len(rows),
+        out.append({"precision": precision, "gpu_decode": gpu_decode, "graph": graph, "images": len(rows),
+                    "seconds_with_build": seconds,
                     "errors": int(rows["error"].notna().sum()), "top1_agreement": float(same.float().mean()),
                     "max_abs_prob_diff": float(diff.max())})
     return out
@@ -198,8 +209,10 @@ def main() -> int:
                         help="WORKERS:DECODE_THREADS:BATCH:PRECISION[:gpu-decode] (repeatable; default: "
                              + ", ".join(DEFAULT_CONFIGS) + ")")
     parser.add_argument("--check", dest="checks", action="append",
-                        help="PRECISION[:gpu-decode] to check against the CPU reference (repeatable; default: fp32, "
-                             "fp16, bf16, fp16:gpu-decode)")
+                        help="PRECISION[:gpu-decode][:GRAPH] to check against the CPU reference (repeatable; "
+                             "default: fp32, fp16, bf16, fp16:gpu-decode), e.g. fp16:compile")
+    parser.add_argument("--stages", default="check,executors",
+                        help="comma-separated: check, executors (the ceilings and the executor path)")
     parser.add_argument("--ceiling-precision", dest="ceiling_precisions", action="append",
                         choices=("fp16", "bf16", "fp32"), help="model-ceiling precisions (repeatable; default: all)")
     parser.add_argument("--tasks-per-slot", type=int, default=3, help="the job's default")
@@ -239,13 +252,24 @@ def main() -> int:
 
     log(f"workload: {len(files)} images ({args.copies} copies), {args.model}, {args.cores} cores, "
         f"{result['machine']['gpu']}, torch {torch.__version__}")
-    log("check: device rows against the CPU reference ...")
-    checks = [(text.split(":")[0], text.endswith(":gpu-decode"))
-              for text in args.checks or ["fp32", "fp16", "bf16", "fp16:gpu-decode"]]
-    result["check"] = check_device_rows(args.model, weights, originals, device, checks)
-    for row in result["check"]:
-        log(f"  {row}")
-    save()
+    stages = set(args.stages.split(","))
+    if "check" in stages:
+        log("check: device rows against the CPU reference ...")
+        checks = [parse_check(text) for text in args.checks or ["fp32", "fp16", "bf16", "fp16:gpu-decode"]]
+        result["check"] = check_device_rows(args.model, weights, originals, device, checks)
+        for row in result["check"]:
+            log(f"  {row}")
+        save()
+    if "executors" in stages:
+        measure_executors(args, result, files, weights, log, save)
+    table = format_table(result)
+    print(table)
+    stem.with_suffix(".txt").write_text(table + "\n")
+    return 0
+
+
+def measure_executors(args, result: dict[str, Any], files: list[Path], weights: Path, log, save) -> None:
+    """Model and decode ceilings, then the executor path for each --config."""
     log("model ceiling ...")
     result["model_ceiling"] = gpu_model_ceiling(args.model, weights, args.seconds, log, args.device,
                                                 tuple(args.ceiling_precisions or ("fp16", "bf16", "fp32")))
@@ -273,26 +297,25 @@ def main() -> int:
             f"errors {run['errors']}")
         result["executor_path"].append(run)
         save()
-    table = format_table(result)
-    print(table)
-    stem.with_suffix(".txt").write_text(table + "\n")
-    return 0
 
 
 def format_table(result: dict[str, Any]) -> str:
-    best = result["model_ceiling"]["best"]
-    rows = [("model ceiling", f"{best['images_per_s']:.1f} images/s", f"batch {best['batch']}, {best['precision']}, "
-             "channels_last, eager"),
-            ("decode ceiling", f"{result['decode_ceiling']['images_per_s']:.1f} images/s",
-             f"{result['decode_ceiling']['processes']} processes"),
-            ("combined ceiling, fp16", f"{result['combined_ceiling_fp16_images_per_s']:.1f} images/s",
-             "min(best fp16 model, decode)")]
-    for check in result["check"]:
-        rows.append((f"check {check['precision']}{' gpu-decode' if check['gpu_decode'] else ''}",
+    rows = []
+    if "model_ceiling" in result:
+        best = result["model_ceiling"]["best"]
+        rows += [("model ceiling", f"{best['images_per_s']:.1f} images/s",
+                  f"batch {best['batch']}, {best['precision']}, channels_last, eager"),
+                 ("decode ceiling", f"{result['decode_ceiling']['images_per_s']:.1f} images/s",
+                  f"{result['decode_ceiling']['processes']} processes"),
+                 ("combined ceiling, fp16", f"{result['combined_ceiling_fp16_images_per_s']:.1f} images/s",
+                  "min(best fp16 model, decode)")]
+    for check in result.get("check", []):
+        graph = f" {check['graph']}" if check["graph"] != "auto" else ""
+        rows.append((f"check {check['precision']}{' gpu-decode' if check['gpu_decode'] else ''}{graph}",
                      f"{100 * check['top1_agreement']:.1f} %",
                      f"top-1 as the CPU reference on {check['images']} images; max |prob diff| "
                      f"{check['max_abs_prob_diff']:.2e}; {check['errors']} errors"))
-    for run in result["executor_path"]:
+    for run in result.get("executor_path", []):
         rows.append((f"executor {run['config']}", f"{run['steady_images_per_s']:.1f} images/s",
                      f"{run['vs_combined_ceiling']:.2f} x combined; {run['from_start_images_per_s']:.1f} from "
                      f"process start ({run['start_and_build_s']:.1f} s to start the workers and build the models)"))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scripts.bench_executors import ExecutorConfig, check_device_rows, executor_path, listing
+from scripts.bench_executors import ExecutorConfig, check_device_rows, executor_path, listing, parse_check
 from tests.reference import make_spread_weights
 
 MODEL = "mobilenet_v3_small"
@@ -22,6 +22,8 @@ def weights(sample_images, tmp_path_factory):
 def test_config_spelling():
     assert ExecutorConfig.parse("8:2:128:fp16:gpu-decode") == ExecutorConfig(8, 2, 128, "fp16", True)
     assert ExecutorConfig.parse("4:4:64:fp32") == ExecutorConfig(4, 4, 64, "fp32", False)
+    assert parse_check("fp16:gpu-decode:compile") == ("fp16", True, "compile")
+    assert parse_check("fp32") == ("fp32", False, "auto")
 
 
 def test_executor_path_scores_every_image_once(sample_images, weights):
@@ -33,5 +35,7 @@ def test_executor_path_scores_every_image_once(sample_images, weights):
 
 
 def test_check_matches_the_reference(sample_images, weights):
-    [row] = check_device_rows(MODEL, weights, sample_images.files(), torch.device("cpu"), [("fp32", False)])
-    assert row["errors"] == 0 and row["top1_agreement"] == 1.0 and row["max_abs_prob_diff"] < 1e-4
+    rows = check_device_rows(MODEL, weights, sample_images.files(), torch.device("cpu"),
+                             [("fp32", False, "auto"), ("fp32", False, "eager")])
+    for row in rows:
+        assert row["errors"] == 0 and row["top1_agreement"] == 1.0 and row["max_abs_prob_diff"] < 1e-4
