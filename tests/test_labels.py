@@ -8,7 +8,8 @@ import json
 import pytest
 
 from tests.conftest import SHARED_CLASS_INDEX
-from udfs.labels import ClassNames, imagenet_wnids, truth_from_folder
+from udfs.labels import (ClassNames, _wnids_from_imagenet_info, _wnids_from_timm_data, imagenet_wnids,
+                         truth_from_folder)
 from jobs.sample_images import DOG_INDICES
 
 
@@ -24,6 +25,11 @@ def test_timm_wnids_equal_the_official_class_index():
     if SHARED_CLASS_INDEX.is_file():  # and entry by entry where the official file is at hand
         index = json.loads(SHARED_CLASS_INDEX.read_text())
         assert wnids == [index[str(i)][0] for i in range(1000)]
+
+
+def test_timm_data_file_equals_imagenet_info():
+    """The file read without importing timm is the table timm's ImageNetInfo gives."""
+    assert _wnids_from_timm_data() == _wnids_from_imagenet_info() == imagenet_wnids()
 
 
 def test_wnid_table_shape_and_known_entries():
