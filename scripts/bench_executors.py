@@ -5,9 +5,9 @@
 The lent GPU machine has CUDA and PyTorch but no Java, so spark-submit cannot run there and
 `scripts/bench.py` cannot time the job. This script measures what a GPU executor runs, in the
 processes Spark would run it in, on the same images and weights, in one run:
-1. check: the predictor's rows on the device (fp32, fp16, bf16, fp16 with --gpu-decode) against
-   the plain torchvision reference on the CPU (tests/reference.py), image by image: top-1
-   agreement and the largest |pred_prob - reference|;
+1. check (`--check PRECISION[:gpu-decode][:GRAPH]`, default fp32, fp16, bf16, fp16:gpu-decode):
+   the predictor's rows on the device against the plain torchvision reference on the CPU
+   (tests/reference.py), image by image: top-1 agreement and the largest |pred_prob - reference|;
 2. model ceiling: the bare forward pass on ready tensors, precision x batch size (bench.py's loop);
 3. decode ceiling: read + decode + preprocess with Pillow, one process per core (bench.py's);
 4. the executor path, for each `--config WORKERS:DECODE_THREADS:BATCH:PRECISION[:gpu-decode]`:
@@ -19,6 +19,7 @@ processes Spark would run it in, on the same images and weights, in one run:
    Python worker);
 5. ratio: executor path / min(model ceiling, decode ceiling), the combined ceiling when the model
    runs on a GPU (bench.py's combined_ceiling).
+`--stages check` or `--stages executors` (ceilings and executor path) runs one part only.
 Left out, by construction: the JVM, Arrow serialisation of paths and rows, Parquet writing and
 the driver (bench.py measures the whole job on CPU). Prints a table; writes JSON under --out after
 every stage, so a run cut short still leaves what it measured.
