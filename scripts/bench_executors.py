@@ -114,7 +114,9 @@ def check_device_rows(model: str, weights: Path, files: list[Path], device: torc
         out.append({"precision": precision, "gpu_decode": gpu_decode, "graph": graph, "images": len(rows),
                     "seconds_with_build": seconds,
                     "errors": int(rows["error"].notna().sum()), "top1_agreement": float(same.float().mean()),
-                    "max_abs_prob_diff": float(diff.max())})
+                    "max_abs_prob_diff": float(diff.max()),
+                    "largest_diffs": {Path(path).name: round(float(d), 5)  # where to look first
+                                      for d, path in sorted(zip(diff.tolist(), rows["path"]), reverse=True)[:5]}})
     return out
 
 
