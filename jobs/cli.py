@@ -82,9 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seeded random weights, for tests and offline demos only: predictions are meaningless")
     model.add_argument("--top-k", type=int, default=5, help="how many classes to keep per image")
     model.add_argument("--precision", choices=PRECISIONS, default="auto",
-                       help="autocast precision; auto = fp16 on CUDA, fp32 on CPU (fp16 on a CPU executor runs fp32). bf16 on a CPU with AVX512-BF16 "
-                            "or AMX runs ResNet50 ~1.8x faster, with probabilities that differ from fp32 in the "
-                            "second or third digit (README, Performance)")
+                       help="autocast precision; auto = fp16 on CUDA, fp32 on CPU (fp16 on a CPU executor runs "
+                            "fp32; fp32 on CUDA is exact, no TF32). bf16 on a CPU with AVX512-BF16 or AMX runs "
+                            "ResNet50 ~1.8x faster, with probabilities that differ from fp32 in the second or third "
+                            "digit (README, Performance)")
     model.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                        help="keep NCHW memory layout (channels_last is faster for convolutions)")
     model.add_argument("--graph", choices=GRAPH_MODES, default="auto",

@@ -161,8 +161,7 @@ class Predictor:
         """The batch on the GPU; only uint8 crosses the bus. Host images are stacked straight into
         one pinned buffer and copied in one asynchronous transfer (normalisation follows on the
         device); images already decoded on the device (--gpu-decode) stay there."""
-        on_host = [image for image in images if not image.is_cuda]
-        if len(on_host) == len(images):
+        if not any(image.is_cuda for image in images):
             pinned = torch.empty((len(images), *images[0].shape), dtype=images[0].dtype, pin_memory=True)
             return torch.stack(images, out=pinned).to(self.device, non_blocking=True)
         return torch.stack([image.to(self.device, non_blocking=True) for image in images])
