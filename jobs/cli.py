@@ -96,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="decode JPEGs in batches on the model's device (nvjpeg on CUDA); others use Pillow")
 
     perf = parser.add_argument_group("performance")
-    perf.add_argument("--batch-size", type=int, default=16, help="images per model forward pass")
+    perf.add_argument("--batch-size", type=int, default=None,
+                      help="images per model forward pass; default per executor device: 8 on CPU, 256 on CUDA "
+                           "(the measured best, README Performance)")
     perf.add_argument("--arrow-batch-size", type=int, default=256,
                       help="paths per Arrow batch handed to the UDF (spark.sql.execution.arrow.maxRecordsPerBatch)")
     perf.add_argument("--decode-threads", type=int, default=4, help="fetch+decode threads per Python worker")
@@ -209,12 +211,11 @@ def validate(settings: Settings) -> None:
         raise UsageError("--weights and --random-weights exclude each other")
     if settings.label_map and not Path(settings.label_map).is_file():
         raise UsageError(f"label map not found: {settings.label_map}")
-    positive = ("batch_size", "arrow_batch_size", "top_k", "decode_threads", "tasks_per_slot",
-                "max_image_bytes")
+    positive = ("arrow_batch_size", "top_k", "decode_threads", "tasks_per_slot", "max_image_bytes")
     for name in positive:
         if getattr(settings, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("limit", "torch_threads"):
+    for name in ("batch_size", "limit", "torch_threads"):
         if getattr(settings, name) is not None and getattr(settings, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
     if settings.mode not in WRITE_MODES:

@@ -114,7 +114,8 @@ def format_plan(settings: Settings, listing: Listing, master: str, slots: Slots)
     else:
         lines.append(f"scoring tasks: {tasks:,} = min({n:,} images, {slots.count} slots x {settings.tasks_per_slot} "
                      f"per slot), about {n / tasks:,.0f} images each; {slots.how}")
-    lines.append(f"model {settings.model}, batch size {settings.batch_size}, output would go to {settings.output}")
+    batch = settings.batch_size or "auto (8 on CPU, 256 on CUDA)"
+    lines.append(f"model {settings.model}, batch size {batch}, output would go to {settings.output}")
     lines.append("")
     view = counts.rename(columns={"mib": "MiB"})
     lines.append(view.to_string(index=False, float_format=lambda x: f"{x:.1f}"))

@@ -89,7 +89,7 @@ def build_summary(
         },
         "spark": spark_info,
         "settings": {
-            "batch_size": settings.batch_size, "arrow_batch_size": settings.arrow_batch_size,
+            "batch_size": settings.batch_size or "auto", "arrow_batch_size": settings.arrow_batch_size,
             "top_k": settings.top_k, "precision": settings.precision, "channels_last": settings.channels_last,
             "decode_threads": settings.decode_threads, "torch_threads": settings.torch_threads,
             "tasks_per_slot": settings.tasks_per_slot, "limit": settings.limit,

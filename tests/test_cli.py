@@ -20,6 +20,7 @@ def test_flags_become_settings(tmp_path):
     assert (settings.model, settings.batch_size, settings.top_k, settings.limit) == ("mobilenet_v3_small", 4, 3, 10)
     assert settings.s3.anonymous and settings.s3.endpoint_url == "http://127.0.0.1:9"
     assert settings.mode == "overwrite"
+    assert parse_settings(["--input", str(tmp_path), "--output", "o"]).batch_size is None  # per device
 
 
 @pytest.mark.parametrize("suffix", [".json", ".toml"])

@@ -176,3 +176,16 @@ def test_fp32_on_cuda_turns_tf32_off():
         assert not torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_batch_size_defaults_per_device(weights):
+    """No --batch-size: 8 on CPU, 256 on CUDA (the measured best); an explicit size wins."""
+    from udfs.model import resolve_batch_size
+
+    assert resolve_batch_size(None, torch.device("cpu")) == 8
+    assert resolve_batch_size(None, torch.device("cuda", 0)) == 256
+    assert resolve_batch_size(5, torch.device("cuda", 0)) == 5
+    model = model_from_file(MODEL, weights)
+    predictor = Predictor(Settings(input=".", output=".", model=MODEL), torch.device("cpu"), model)
+    assert predictor.batch_size == 8 and predictor.window == 2 * 8 + predictor.settings.decode_threads
+

@@ -33,7 +33,7 @@ from udfs.errors import describe_failure
 from udfs.gpu_decode import EncodedJpeg, decode_batch, probe_jpeg
 from udfs.labels import ClassNames
 from udfs.model import (autocast_to, default_weights, exact_fp32_on_cuda, load_model, optimize_graph,
-                        resolve_precision)
+                        resolve_batch_size, resolve_precision)
 from udfs.settings import Settings
 from udfs.schema import SCORED_SCHEMA
 from udfs.storage import read_bytes
@@ -110,6 +110,7 @@ class Predictor:
         self.names = ClassNames.for_categories(entry.meta["categories"])
         self.model = model
         self.autocast_dtype = resolve_precision(settings.precision, device)
+        self.batch_size = resolve_batch_size(settings.batch_size, device)
         num_classes = len(self.names.labels)
         self.top_k = min(settings.top_k, num_classes)
         self.top_eval = min(max(settings.top_k, 5), num_classes)
@@ -154,7 +155,7 @@ class Predictor:
     @property
     def window(self) -> int:
         """Images fetched and decoded ahead: the next model batch, plus one per fetch thread."""
-        return 2 * self.settings.batch_size + self.settings.decode_threads
+        return 2 * self.batch_size + self.settings.decode_threads
 
     # -- the model ------------------------------------------------------------------------------
     def to_device(self, images: list[torch.Tensor]) -> torch.Tensor:
@@ -183,8 +184,8 @@ class Predictor:
         if self.device.type == "cuda":
             batch = self.to_device(images)
         else:
-            if count < self.settings.batch_size:
-                images = images + [torch.zeros_like(images[0])] * (self.settings.batch_size - count)
+            if count < self.batch_size:
+                images = images + [torch.zeros_like(images[0])] * (self.batch_size - count)
             batch = torch.stack(images)
         with torch.inference_mode(), autocast_to(self.device, self.autocast_dtype):
             inputs = normalize_batch(batch, self.prep, torch.float32)
@@ -227,7 +228,7 @@ class Predictor:
                 continue
             pending_rows.append(row)
             pending_images.append(loaded)
-            if len(pending_images) == self.settings.batch_size:
+            if len(pending_images) == self.batch_size:
                 flush()
         if pending_images:
             flush()
@@ -292,8 +293,9 @@ def cached_model(settings: Settings, device: torch.device, weights_file: Path) -
     """This worker's model for (architecture, weights hash, device, layout); True if built now."""
     global model_builds_in_this_process
     autocast_dtype = resolve_precision(settings.precision, device)
+    batch_size = resolve_batch_size(settings.batch_size, device)
     key = (settings.model, settings.weights_source.sha256, str(device), settings.channels_last, settings.graph,
-           settings.batch_size, autocast_dtype)
+           batch_size, autocast_dtype)
     with _lock:
         model = _models.get(key)
         if model is not None:
@@ -302,7 +304,7 @@ def cached_model(settings: Settings, device: torch.device, weights_file: Path) -
         exact_fp32_on_cuda(device, autocast_dtype)
         model = load_model(settings.model, weights_file, device, settings.channels_last)
         crop_size = default_weights(settings.model).transforms().crop_size[0]
-        model = optimize_graph(model, settings.graph, device, settings.batch_size, crop_size, settings.channels_last,
+        model = optimize_graph(model, settings.graph, device, batch_size, crop_size, settings.channels_last,
                                autocast_dtype)
         _models[key] = model
         model_builds_in_this_process += 1

@@ -60,7 +60,7 @@ class Settings:
     model: str = "resnet50"
     weights: Optional[str] = None
     random_weights: Optional[int] = None
-    batch_size: int = 16
+    batch_size: Optional[int] = None  # None: per device, udfs.model.resolve_batch_size
     arrow_batch_size: int = 256
     top_k: int = 5
     limit: Optional[int] = None
