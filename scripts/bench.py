@@ -354,10 +354,10 @@ def main() -> int:
                              "RSS at 1x, N/2x and Nx images")
     parser.add_argument("--job-slots", type=int,
                         help="Spark task slots for the job (local[N]; default: --cores). On a GPU machine one Python "
-                             "worker per core puts that many models and CUDA contexts on one GPU, each with a few "
-                             "images per task: fewer slots with more fetch threads each may feed it better, e.g. "
-                             "--job-slots 4 --job-arg=--decode-threads=4 --job-arg=--tasks-per-slot=1 (or "
-                             "--job-arg=--gpu-decode); not measured yet")
+                             "worker per core puts that many CUDA contexts on one GPU: on an H200 with 16 vCPUs "
+                             "the executor side ran best with 8 workers x 2 decode threads, i.e. --job-slots 8 "
+                             "--job-arg=--decode-threads=2 (scripts/bench_executors.py; the whole job on a GPU is "
+                             "not measured yet)")
     parser.add_argument("--job-arg", dest="job_args", action="append", default=[],
                         help="extra argument for the job (repeatable), e.g. --job-arg=--decode-threads=2")
     parser.add_argument("--out", default="bench-output")
