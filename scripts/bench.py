@@ -553,10 +553,15 @@ def format_table(result: dict[str, Any]) -> str:
             if f"{name}_wall_vs_job_fp32_wall" in result["ratios"]:
                 text += f" ({result.get('precision')}); {result['ratios'][f'{name}_wall_vs_job_fp32_wall']:.2f} x (fp32)"
             rows.append((f"{name} whole process", f"{result[name]['wall_s']:.1f} s", text))
-    width = max(len(r[0]) for r in rows)
     header = (f"infer-dogs bench: {result['model']}, {result['images']} images, {result['cores']} cores, "
               f"{result['device']}{' (' + result['machine']['gpu'] + ')' if result['machine']['gpu'] else ''}")
-    return "\n".join([header] + [f"  {a:<{width}}  {b:>16}  {c}" for a, b, c in rows])
+    return table_lines(header, rows, 16)
+
+
+def table_lines(header: str, rows: list[tuple[str, str, str]], value_width: int) -> str:
+    """The header, then one aligned line per (name, value, note) row."""
+    width = max(len(name) for name, _, _ in rows)
+    return "\n".join([header] + [f"  {name:<{width}}  {value:>{value_width}}  {note}" for name, value, note in rows])
 
 
 if __name__ == "__main__":

@@ -46,7 +46,8 @@ sys.path.insert(0, str(PROJECT))
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from scripts.bench import _forward_loop, build_workload, combined_ceiling, decode_ceiling  # noqa: E402
+from scripts.bench import (_forward_loop, build_workload, combined_ceiling, decode_ceiling,  # noqa: E402
+                           table_lines)
 from udfs.labels import truth_from_folder  # noqa: E402
 from udfs.model import sha256_of  # noqa: E402
 from udfs.settings import Settings, WeightsSource  # noqa: E402
@@ -322,10 +323,9 @@ def format_table(result: dict[str, Any]) -> str:
         rows.append((f"executor {run['config']}", f"{run['steady_images_per_s']:.1f} images/s",
                      f"{run['vs_combined_ceiling']:.2f} x combined; {run['from_start_images_per_s']:.1f} from "
                      f"process start ({run['start_and_build_s']:.1f} s to start the workers and build the models)"))
-    width = max(len(r[0]) for r in rows)
     header = (f"infer-dogs executor bench: {result['model']}, {result['images']} images, {result['cores']} cores, "
               f"{result['machine']['gpu']} (no Spark: {result['left_out']})")
-    return "\n".join([header] + [f"  {a:<{width}}  {b:>17}  {c}" for a, b, c in rows])
+    return table_lines(header, rows, 17)
 
 
 if __name__ == "__main__":
