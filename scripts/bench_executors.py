@@ -28,6 +28,7 @@ every stage, so a run cut short still leaves what it measured.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -71,9 +72,15 @@ class ExecutorConfig:
                 + (", gpu-decode" if self.gpu_decode else ""))
 
 
+@functools.lru_cache(maxsize=None)
+def weights_source(weights: Path) -> WeightsSource:
+    """Hashed once per run (ResNet50's file is ~100 MB), not once per check and configuration."""
+    return WeightsSource("file", f"bench weights {weights.name}", sha256_of(weights), weights.name)
+
+
 def settings_for(config: ExecutorConfig, model: str, weights: Path, arrow_batch_size: int,
                  graph: str = "auto") -> Settings:
-    source = WeightsSource("file", f"bench weights {weights.name}", sha256_of(weights), weights.name)
+    source = weights_source(weights)
     return Settings(input="bench", output="bench", model=model, batch_size=config.batch,
                     arrow_batch_size=arrow_batch_size, precision=config.precision, gpu_decode=config.gpu_decode,
                     decode_threads=config.decode_threads, graph=graph, weights_source=source)
