@@ -336,6 +336,14 @@ def databricks_baseline(input_dir: str, output: str, model_name: str, weights: s
 
 
 # ---------------------------------------------------------------- main -----------------------
+def missing_packages(args) -> list[str]:
+    """What this run needs beyond the job's own dependencies (the `bench` extra)."""
+    import importlib.util
+
+    wanted = (["dask"] if args.baselines else []) + (["moto"] if args.s3 else [])
+    return [name for name in wanted if importlib.util.find_spec(name) is None]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", required=True, help="a Stanford-Dogs-style tree (or its Images/ folder)")
@@ -373,6 +381,9 @@ def main() -> int:
         databricks_baseline(*args.worker_args)
         return 0
 
+    missing = missing_packages(args)
+    if missing:  # before minutes of ceilings, not after them
+        parser.error(f"{' and '.join(missing)} not installed: .venv/bin/pip install -e '.[bench]'")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="infer-dogs-bench-"))
