@@ -24,10 +24,10 @@ packages on PYTHONPATH, and runs the rest of the command line with this Python:
 
     .venv/bin/python scripts/spark_kit.py build --out .devcarry --images ../shared/data/stanford_dogs_sample
     python3 scripts/spark_kit.py run --kit .devcarry -- scripts/bench.py --images .devcarry/images \\
-        --device cuda --no-s3 --copies 1200 --job-slots 8 --job-arg=--decode-threads=2 \\
-        --job-arg=--no-report --out "$OUT/gpu"
+        --device cuda --no-s3 --copies 1200 --job-slots 8 --job-arg=--decode-threads=2 --out "$OUT/gpu"
 
-(`--no-report`: the report's charts need matplotlib, which that machine may lack.)
+(That machine's image has pandas, pyarrow, matplotlib, timm and torchvision; the kit brings what
+it lacks. Add `--job-arg=--no-report` where matplotlib is missing.)
 
 The kit is a measuring tool, not a way to deploy the job: clusters have Java and PySpark.
 Keep --out out of git (the photos are ImageNet-licensed; `.devcarry/` is in .gitignore).
