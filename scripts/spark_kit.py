@@ -56,7 +56,8 @@ JAVA_MODULES = ("java.base,java.desktop,java.logging,java.management,java.naming
                 "java.security.sasl,java.net.http,jdk.incubator.vector")
 WHOLE_JAR_BYTES = 300_000  # small jars are kept whole: pruning them saves little and risks much
 WHOLE_JARS = ("spark-launcher", "netty-transport-native-epoll")
-# ICU data the job never reads (Spark uses ICU for collations; only the root collation and the index of the others are read).
+# ICU data the job never reads: Spark uses ICU for collations, and reads only the root collation
+# and the index of the others.
 ICU_DATA_DROPPED = re.compile(r"com/ibm/icu/impl/data/icudata\w*/(brkitr|translit|curr|zone|region|lang|unit|rbnf)/"
                               r"|com/ibm/icu/impl/data/icudata\w*/coll/(?!root|ucadata|invuca|res_index|pool)")
 # Native libraries for other systems than the one the JRE is made for (Linux x86_64).
@@ -83,7 +84,8 @@ public class StripDebug {
             @Override public MethodVisitor visitMethod(int access, String name, String descriptor, String signature,
                                                        String[] exceptions) {
                 boolean keepNames = name.equals("<init>");
-                return new MethodVisitor(Opcodes.ASM9, super.visitMethod(access, name, descriptor, signature, exceptions)) {
+                MethodVisitor next = super.visitMethod(access, name, descriptor, signature, exceptions);
+                return new MethodVisitor(Opcodes.ASM9, next) {
                     @Override public void visitLineNumber(int line, Label start) {}
                     @Override public void visitLocalVariable(String local, String type, String generic, Label start,
                                                              Label end, int index) {
@@ -173,7 +175,8 @@ def loaded_packages(class_log: Path) -> set[str]:
 
 
 def prune_jar(source: Path, target: Path, packages: set[str]) -> int:
-    """Copy `source` with only the classes of `packages` (all of it when small); entries stored. Returns classes kept."""
+    """Copy `source` with only the classes of `packages` (all of it when small), entries stored;
+    the number of classes kept (0: no copy written)."""
     whole = source.stat().st_size < WHOLE_JAR_BYTES or source.name.startswith(WHOLE_JARS)
     kept = 0
     with zipfile.ZipFile(source) as jar, zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as out:

@@ -235,11 +235,12 @@ def _script(model: torch.nn.Module, example: torch.Tensor, device: torch.device,
     mobilenet_v3_small 0.5 s either way). torchvision's classifiers trace the batch dimension
     as a variable: traced on one image, 13 architectures (ResNet, MobileNet v2, EfficientNet,
     ConvNeXt, DenseNet, RegNet, SqueezeNet, GoogLeNet, Inception v3, ShuffleNet, ViT, Swin,
-    MaxViT) gave eager mode's outputs on a batch of 3 within float rounding. Two calls on the whole example follow: the profiling runs in which oneDNN Graph
-    compiles its partitions for the batch shape, so that a failure shows here, not on the first
-    batch of images, and so that every batch of images runs the fused graph (with the predictor
-    padding short batches to this shape, no image's result depends on what its worker ran
-    before). They cost up to ~1.7 s of the build (ResNet50, batch 8, one thread)."""
+    MaxViT) gave eager mode's outputs on a batch of 3 within float rounding.
+    Two calls on the whole example follow: the profiling runs in which oneDNN Graph compiles
+    its partitions for the batch shape, so that a failure shows here, not on the first batch of
+    images, and so that every batch of images runs the fused graph (with the predictor padding
+    short batches to this shape, no image's result depends on what its worker ran before).
+    They cost up to ~1.7 s of the build (ResNet50, batch 8, one thread)."""
     torch.jit.enable_onednn_fusion(fuse)  # process-wide: this worker's graphs are all ours
     with torch.inference_mode(False), torch.no_grad(), autocast_to(device, autocast_dtype, cache_enabled=False), \
             warnings.catch_warnings():

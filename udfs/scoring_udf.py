@@ -40,9 +40,10 @@ def keep_out_of_collections() -> None:
 
     PySpark's daemon runs a full `gc.collect()` in a reused worker after every task, and a full
     collection walks every tracked object: 0.18 s in a quiet process with these imports, and,
-    seen with py-spy, 0.4-0.9 s of a busy worker's time between two tasks (mobilenet_v3_small, 2
-    cores). After the freeze it walks only what later tasks create. These objects live as long
-    as the worker anyway; what is garbage now stays allocated, once per model build."""
+    seen with py-spy, about 0.4 s of a busy worker's time between two tasks (mobilenet_v3_small,
+    2 cores). After the freeze it walks only what later tasks create. These objects live as long
+    as the worker anyway; the collection just before the freeze (once per model build) keeps
+    the build's garbage, such as the trace's, from being frozen with them."""
     gc.collect()
     gc.freeze()
 
