@@ -281,12 +281,17 @@ def build(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- run (there) ----------------
 def unpack(kit: Path, target: Path) -> dict[str, str]:
-    """Unpack the archives once; the environment that runs the job with them."""
-    if not (target / "ready").exists():
-        for name in ("jre.txz", "jars.txz", "py.txz"):
-            with tarfile.open(kit / name) as archive:
+    """Unpack the archives (again only when they changed: a warm machine keeps `target` between
+    calls, and a rebuilt kit must not run on the old files); the environment that runs the job."""
+    archives = [kit / name for name in ("jre.txz", "jars.txz", "py.txz")]
+    fingerprint = "\n".join(f"{path.name} {path.stat().st_size} {path.stat().st_mtime_ns}" for path in archives)
+    ready = target / "ready"
+    if not ready.exists() or ready.read_text() != fingerprint:
+        shutil.rmtree(target, ignore_errors=True)
+        for path in archives:
+            with tarfile.open(path) as archive:
                 archive.extractall(target, filter="fully_trusted")  # our own archives, links and modes kept
-        (target / "ready").touch()
+        ready.write_text(fingerprint)
     return {**java_env(target / "jre"),
             "PYTHONPATH": os.pathsep.join([str(target / "site"), str(PROJECT), os.environ.get("PYTHONPATH", "")]),
             "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}

@@ -65,16 +65,30 @@ def test_a_jar_without_loaded_classes_is_dropped_and_a_small_one_kept_whole(tmp_
     assert prune_jar(small, tmp_path / "small-out.jar", set()) == 1
 
 
-def test_unpack_gives_java_and_the_kits_python_first(tmp_path):
-    kit = tmp_path / "kit"
-    kit.mkdir()
-    for name, member in (("jre.txz", "jre/bin/java"), ("jars.txz", "site/pyspark/jars/a.jar"),
+def make_kit(kit, tmp_path, content: str, jar_name: str = "a.jar"):
+    kit.mkdir(exist_ok=True)
+    for name, member in (("jre.txz", "jre/bin/java"), ("jars.txz", f"site/pyspark/jars/{jar_name}"),
                          ("py.txz", "site/pyspark/__init__.py")):
-        (tmp_path / "file").write_text("x")
+        (tmp_path / "file").write_text(content)
         with tarfile.open(kit / name, "w:xz") as archive:
             archive.add(tmp_path / "file", arcname=member)
+
+
+def test_unpack_gives_java_and_the_kits_python_first(tmp_path):
+    kit = tmp_path / "kit"
+    make_kit(kit, tmp_path, "x")
     target = tmp_path / "unpacked"
     env = unpack(kit, target)
     assert (target / "jre" / "bin" / "java").is_file() and (target / "site" / "pyspark" / "jars" / "a.jar").is_file()
     assert env["JAVA_HOME"] == str(target / "jre") and env["PATH"].startswith(f"{target / 'jre'}/bin:")
     assert env["PYTHONPATH"].split(":")[0] == str(target / "site")
+
+
+def test_a_rebuilt_kit_replaces_what_was_unpacked_before(tmp_path):
+    kit, target = tmp_path / "kit", tmp_path / "unpacked"
+    make_kit(kit, tmp_path, "old")
+    unpack(kit, target)
+    make_kit(kit, tmp_path, "new, longer", jar_name="b.jar")
+    unpack(kit, target)
+    assert (target / "jre" / "bin" / "java").read_text() == "new, longer"
+    assert sorted(p.name for p in (target / "site" / "pyspark" / "jars").iterdir()) == ["b.jar"]
