@@ -1,0 +1,34 @@
+"""scripts/bench.py's arithmetic and table: the combined ceiling, and the job's ratio bracketed by
+the ceilings measured before and after it (the runs themselves take minutes: bench.py is run by
+hand, its figures are in the README)."""
+
+from __future__ import annotations
+
+from scripts.bench import combined_ceiling, format_table
+
+
+def test_combined_ceiling_shares_cores_on_cpu_and_takes_the_slower_stage_on_gpu():
+    assert combined_ceiling(600.0, 300.0, "cpu") == 200.0
+    assert combined_ceiling(6000.0, 3000.0, "cuda") == 3000.0
+
+
+def test_table_shows_the_ceilings_after_the_job_and_both_ratios():
+    best = {"images_per_s": 600.0, "processes": 2, "threads": 1, "batch": 8, "channels_last": True,
+            "graph": "torchscript", "precision": "fp32"}
+    job = {"inference_images_per_s": 180.0, "inference_images_per_s_after_model_build": 190.0,
+           "timing_s": {"model_build_max": 0.9}, "wall_s": 30.0, "images": 2040}
+    result = {
+        "model": "mobilenet_v3_small", "images": 2040, "cores": 2, "device": "cpu", "precision": "fp32",
+        "machine": {"gpu": None}, "model_ceiling": {"best": best},
+        "decode_ceiling": {"images_per_s": 300.0, "processes": 2}, "combined_ceiling_images_per_s": 200.0,
+        "ceilings_after_job": {"model_images_per_s": 540.0, "decode_images_per_s": 270.0,
+                               "combined_images_per_s": 180.0},
+        "job_local": job,
+        "ratios": {"job_local_inference_vs_combined_ceiling": 0.9,
+                   "job_local_inference_vs_combined_ceiling_after_job": 1.0},
+    }
+    lines = format_table(result).splitlines()
+    again = next(line for line in lines if "again after the job" in line)
+    assert "180.0 images/s" in again and "model 540.0, decode 270.0 (-10%" in again
+    inference = next(line for line in lines if "job (local, fp32) inference" in line)
+    assert "0.90 x combined ceiling (1.00 x the one after)" in inference
