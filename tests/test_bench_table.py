@@ -32,3 +32,29 @@ def test_table_shows_the_ceilings_after_the_job_and_both_ratios():
     assert "180.0 images/s" in again and "model 540.0, decode 270.0 (-10%" in again
     inference = next(line for line in lines if "job (local, fp32) inference" in line)
     assert "0.90 x combined ceiling (1.00 x the one after)" in inference
+
+
+def test_table_brackets_the_baselines_with_the_job_run_before_and_after_them():
+    best = {"images_per_s": 46.0, "processes": 2, "threads": 1, "batch": 4, "channels_last": True,
+            "graph": "torchscript", "precision": "bf16"}
+    job = {"inference_images_per_s": 41.0, "inference_images_per_s_after_model_build": 44.0,
+           "timing_s": {"model_build_max": 1.3}, "wall_s": 40.0, "images": 840}
+    result = {
+        "model": "resnet50", "images": 840, "cores": 2, "device": "cpu", "precision": "bf16",
+        "machine": {"gpu": None}, "model_ceiling": {"best": best},
+        "decode_ceiling": {"images_per_s": 650.0, "processes": 2}, "combined_ceiling_images_per_s": 43.0,
+        "job_local": job, "job_local_fp32": {**job, "wall_s": 50.0},
+        "job_local_again": {**job, "wall_s": 44.0}, "job_local_fp32_again": {**job, "wall_s": 55.0},
+        "tutorial": {"wall_s": 110.0}, "databricks": {"wall_s": 100.0},
+        "combined_ceiling_fp32_images_per_s": 24.0,
+        "ratios": {"job_local_inference_vs_combined_ceiling": 0.95,
+                   "job_local_fp32_inference_vs_combined_ceiling": 0.9,
+                   "tutorial_wall_vs_job_wall": 2.75, "tutorial_wall_vs_job_wall_again": 2.5,
+                   "tutorial_wall_vs_job_fp32_wall": 2.2, "tutorial_wall_vs_job_fp32_wall_again": 2.0,
+                   "databricks_wall_vs_job_wall": 2.5, "databricks_wall_vs_job_wall_again": 100 / 44,
+                   "databricks_wall_vs_job_fp32_wall": 2.0, "databricks_wall_vs_job_fp32_wall_again": 100 / 55},
+    }
+    lines = format_table(result).splitlines()
+    tutorial = next(line for line in lines if "tutorial whole process" in line)
+    assert tutorial.endswith("job is 2.75 x (bf16), 2.20 x (fp32) faster; run again after: 2.50 x (bf16), 2.00 x (fp32)")
+    assert any("job (local, fp32) again" in line and "55.0 s" in line for line in lines)
