@@ -8,7 +8,8 @@ What it measures, on the same images (the tree repeated under `--copies` prefixe
    (CPU: every processes x threads split of the cores, batch sizes, channels_last on/off;
    GPU: precision x batch size);
 2. decode ceiling: images/s of read + decode + preprocess alone, one process per core;
-3. the job (spark-submit, local[cores]) from the local folder and from a loopback S3 endpoint:
+3. the job (spark-submit, local[cores]) from the local folder and from a loopback S3 endpoint
+   (with that endpoint's read ceiling: the bytes alone, fetched as the executors fetch them):
    inference-stage images/s (first scoring task start to last task end, from summary.json) and
    whole-process wall time; right after the local job, the model ceiling (its best configuration)
    and the decode ceiling again, so that the job's ratio is bracketed by ceilings taken before
@@ -20,7 +21,7 @@ What it measures, on the same images (the tree repeated under `--copies` prefixe
    whole-process ratios are bracketed in time as well;
 5. ratios: job / combined ceiling, where combined = 1 / (1/model + 1/decode) on CPU (both stages
    share the cores) and min(model, decode) when the model runs on a GPU; for the local job also
-   against the ceilings measured after it.
+   against the ceilings measured after it; for the S3 job also against min(combined, read).
 Prints a table and writes JSON under --out. Weights are seeded random (the same file for all)
 with the last layer rescaled as the tests do (tests/reference.py), so that predictions are not
 near-uniform and the bf16-vs-fp32 agreement compares real decisions; speed does not depend on
@@ -45,7 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -219,6 +220,50 @@ def ceilings_again(args, weights: Path, files: list[Path], best: dict[str, Any])
             "combined_images_per_s": combined_ceiling(model_rate, decode_rate, args.device)}
 
 
+# ---------------------------------------------------------------- S3 read ceiling ------------
+READ_THREADS = 4  # the job's default --decode-threads: one worker per core, 4 fetch threads each
+_S3: Optional[S3Options] = None
+
+
+def _init_reader(endpoint: str, all_started) -> None:
+    global _S3, _ALL_STARTED
+    _S3, _ALL_STARTED = S3Options(endpoint_url=endpoint), all_started
+
+
+def _read_one(uri: str) -> int:
+    return len(read_bytes(uri, _S3, 1 << 30))
+
+
+def _read_chunk(uris: list[str]) -> int:
+    with ThreadPoolExecutor(READ_THREADS) as threads:
+        return sum(threads.map(_read_one, uris))
+
+
+def _read_once_all_started(uris: list[str]) -> int:
+    _ALL_STARTED.wait(timeout=600)
+    return _read_chunk(uris)
+
+
+def s3_read_ceiling(uris: list[str], endpoint: str, processes: int) -> dict[str, Any]:
+    """images/s of fetching the objects alone (bytes, no decode) from the endpoint, laid out as the
+    job's executors fetch: one process per core, READ_THREADS threads each. On the loopback
+    endpoint the server's own CPU is in it: it shares the cores with everything else."""
+    context = mp.get_context("spawn")
+    chunks = [uris[i::processes] for i in range(processes)]
+    with ProcessPoolExecutor(processes, mp_context=context, initializer=_init_reader,
+                             initargs=(endpoint, context.Barrier(processes))) as pool:
+        list(pool.map(_read_once_all_started, [chunk[:READ_THREADS * 2] for chunk in chunks]))  # all up, warm
+        started = time.perf_counter()
+        list(pool.map(_read_chunk, chunks))
+        elapsed = time.perf_counter() - started
+    return {"processes": processes, "threads": READ_THREADS, "images": len(uris), "images_per_s": len(uris) / elapsed}
+
+
+def s3_uris(uri: str, files: list[Path], root: Path) -> list[str]:
+    """The objects `upload` wrote, in the workload's order."""
+    return [uri + file.relative_to(root).as_posix() for file in files]
+
+
 # ---------------------------------------------------------------- the job --------------------
 def spark_submit() -> str:
     import pyspark
@@ -254,9 +299,14 @@ def run_job(input_uri: str, output: Path, args, weights: Path, batch: int, env: 
             "worker_peak_rss_mb": max(w["peak_rss_mb"] for w in summary["workers"])}
 
 
-def combined_ceiling(model_rate: float, decode_rate: float, device: str) -> float:
-    """What both stages reach together: they share the cores on CPU; on GPU the slower one bounds."""
-    return min(model_rate, decode_rate) if device == "cuda" else 1 / (1 / model_rate + 1 / decode_rate)
+def combined_ceiling(model_rate: float, decode_rate: float, device: str, read_rate: Optional[float] = None) -> float:
+    """What the stages reach together: they share the cores on CPU; on GPU the slower one bounds.
+    With a read ceiling (an S3 endpoint), the job can go no faster than the endpoint serves, even
+    with the whole machine to itself: the slower of the two bounds. (Adding the read's time to the
+    CPU stages' instead, as if the loopback server shared the cores with them, gave a "ceiling"
+    the job beat by 7%: the server's reads overlap with decoding.)"""
+    combined = min(model_rate, decode_rate) if device == "cuda" else 1 / (1 / model_rate + 1 / decode_rate)
+    return min(combined, read_rate) if read_rate else combined
 
 
 def agreement(run_a: Path, run_b: Path) -> dict[str, Any]:
@@ -499,6 +549,10 @@ def main() -> int:
             try:
                 endpoint = f"http://127.0.0.1:{port}"
                 uri = upload(endpoint, files, work / "data", "bench")
+                log("S3 read ceiling (loopback endpoint) ...")
+                result["s3_read_ceiling"] = s3_read_ceiling(s3_uris(uri, files, work / "data"), endpoint, args.cores)
+                result["combined_ceiling_s3_images_per_s"] = combined_ceiling(
+                    model_rate, decode_rate, args.device, result["s3_read_ceiling"]["images_per_s"])
                 log("job, loopback S3 ...")
                 result["job_s3"] = run_job(uri, work / "run-s3", args, weights, best["batch"], env,
                                            ["--s3-endpoint-url", endpoint, *job_precision], out / f"job-s3-{args.model}.log")
@@ -539,6 +593,8 @@ def main() -> int:
                                 job_rate / result["ceilings_after_job"]["combined_images_per_s"]}
         if "job_s3" in result:
             result["ratios"]["job_s3_inference_vs_combined_ceiling"] = result["job_s3"]["inference_images_per_s"] / combined
+            result["ratios"]["job_s3_inference_vs_combined_ceiling_s3"] = (
+                result["job_s3"]["inference_images_per_s"] / result["combined_ceiling_s3_images_per_s"])
         if args.rss_check:
             result["ratios"]["worker_peak_rss_all_vs_one_copy"] = (
                 result["job_local"]["worker_peak_rss_mb"] / result["job_one_copy"]["worker_peak_rss_mb"])
@@ -580,6 +636,12 @@ def format_table(result: dict[str, Any]) -> str:
         ("combined ceiling", f"{result['combined_ceiling_images_per_s']:.1f} images/s",
          "1/(1/model+1/decode)" if result["device"] == "cpu" else "min(model, decode)"),
     ]
+    if "s3_read_ceiling" in result:
+        read = result["s3_read_ceiling"]
+        rows.append(("s3 read ceiling", f"{read['images_per_s']:.1f} images/s",
+                     f"bytes only, {read['processes']} processes x {read['threads']} threads, loopback endpoint"))
+        rows.append(("combined ceiling, from s3", f"{result['combined_ceiling_s3_images_per_s']:.1f} images/s",
+                     "min(combined, read)"))
     if "ceilings_after_job" in result:
         again = result["ceilings_after_job"]
         drift = again["combined_images_per_s"] / result["combined_ceiling_images_per_s"] - 1
@@ -603,6 +665,8 @@ def format_table(result: dict[str, Any]) -> str:
             note = f"{result['ratios'][f'{name}_inference_vs_combined_ceiling']:.2f} x combined ceiling"
             if f"{name}_inference_vs_combined_ceiling_after_job" in result["ratios"]:
                 note += f" ({result['ratios'][f'{name}_inference_vs_combined_ceiling_after_job']:.2f} x the one after)"
+            if f"{name}_inference_vs_combined_ceiling_s3" in result["ratios"]:
+                note += f" ({result['ratios'][f'{name}_inference_vs_combined_ceiling_s3']:.2f} x the one from s3)"
             rows.append((f"job ({where}) inference", f"{job['inference_images_per_s']:.1f} images/s", note))
             rows.append(("  after model build", f"{job['inference_images_per_s_after_model_build']:.1f} images/s",
                          f"{job['inference_images_per_s_after_model_build'] / combined:.2f}"

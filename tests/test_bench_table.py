@@ -1,8 +1,10 @@
-"""scripts/bench.py's arithmetic and table: the combined ceiling, and the job's ratio bracketed by
-the ceilings measured before and after it (the runs themselves take minutes: bench.py is run by
-hand, its figures are in the README)."""
+"""scripts/bench.py's arithmetic and table: the combined ceiling (with an S3 endpoint's read
+ceiling), and the job's ratios bracketed by ceilings and job runs before and after (the runs
+themselves take minutes: bench.py is run by hand, its figures are in the README)."""
 
 from __future__ import annotations
+
+import pytest
 
 from scripts.bench import combined_ceiling, format_table
 
@@ -10,6 +12,9 @@ from scripts.bench import combined_ceiling, format_table
 def test_combined_ceiling_shares_cores_on_cpu_and_takes_the_slower_stage_on_gpu():
     assert combined_ceiling(600.0, 300.0, "cpu") == 200.0
     assert combined_ceiling(6000.0, 3000.0, "cuda") == 3000.0
+    assert combined_ceiling(600.0, 300.0, "cpu", read_rate=150.0) == 150.0  # an endpoint slower than the job
+    assert combined_ceiling(600.0, 300.0, "cpu", read_rate=1000.0) == pytest.approx(200.0)
+    assert combined_ceiling(6000.0, 3000.0, "cuda", read_rate=2000.0) == 2000.0
 
 
 def test_table_shows_the_ceilings_after_the_job_and_both_ratios():
@@ -24,10 +29,18 @@ def test_table_shows_the_ceilings_after_the_job_and_both_ratios():
         "ceilings_after_job": {"model_images_per_s": 540.0, "decode_images_per_s": 270.0,
                                "combined_images_per_s": 180.0},
         "job_local": job,
+        "s3_read_ceiling": {"images_per_s": 120.0, "processes": 2, "threads": 4},
+        "combined_ceiling_s3_images_per_s": 120.0,
+        "job_s3": {**job, "inference_images_per_s": 90.0},
         "ratios": {"job_local_inference_vs_combined_ceiling": 0.9,
-                   "job_local_inference_vs_combined_ceiling_after_job": 1.0},
+                   "job_local_inference_vs_combined_ceiling_after_job": 1.0,
+                   "job_s3_inference_vs_combined_ceiling": 0.45, "job_s3_inference_vs_combined_ceiling_s3": 0.75},
     }
     lines = format_table(result).splitlines()
+    assert any("s3 read ceiling" in line and "2 processes x 4 threads" in line for line in lines)
+    assert any("combined ceiling, from s3" in line and "min(combined, read)" in line for line in lines)
+    s3_job = next(line for line in lines if "job (s3, fp32) inference" in line)
+    assert "0.45 x combined ceiling (0.75 x the one from s3)" in s3_job
     again = next(line for line in lines if "again after the job" in line)
     assert "180.0 images/s" in again and "model 540.0, decode 270.0 (-10%" in again
     inference = next(line for line in lines if "job (local, fp32) inference" in line)
