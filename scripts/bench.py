@@ -35,6 +35,8 @@ two; the baselines stay fp32, as published.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import io
 import json
 import multiprocessing as mp
@@ -160,14 +162,41 @@ def model_ceiling(model_name: str, weights: Path, device: str, cores: int, secon
     return {"best": best, "trials": trials}
 
 
+# ---------------------------------------------------------------- ceiling pools --------------
+_ALL_STARTED = None  # this pool's Barrier
+
+
+def _init_pool_process(all_started, initializer, initargs) -> None:
+    global _ALL_STARTED
+    _ALL_STARTED = all_started
+    initializer(*initargs)
+
+
+def _once_all_started(work, item):
+    _ALL_STARTED.wait(timeout=600)
+    return work(item)
+
+
+@contextlib.contextmanager
+def started_pool(processes: int, initializer, initargs: tuple, work, first_items: list) -> Iterator[ProcessPoolExecutor]:
+    """A spawn pool whose processes have all started, each having run `work` on one of
+    `first_items`, before the caller's clock does. The pool spawns its processes one by one (~3 s
+    of imports each here), and a warm-up that the first one finished alone let the decode
+    ceiling's timed part start with the other still importing (896 against 1,144 images, 511
+    images/s against 560-566 for the same pool once both ran)."""
+    context = mp.get_context("spawn")
+    with ProcessPoolExecutor(processes, mp_context=context, initializer=_init_pool_process,
+                             initargs=(context.Barrier(processes), initializer, initargs)) as pool:
+        list(pool.map(functools.partial(_once_all_started, work), first_items))  # one each: all wait for all
+        yield pool
+
+
 # ---------------------------------------------------------------- decode ceiling -------------
 _PREP: Optional[Preprocessing] = None
-_ALL_STARTED = None  # a Barrier for the pool's processes
 
 
-def _init_decoder(model_name: str, all_started) -> None:
-    global _PREP, _ALL_STARTED
-    _ALL_STARTED = all_started
+def _init_decoder(model_name: str) -> None:
+    global _PREP
     torch.set_num_threads(1)
     _PREP = Preprocessing.from_transforms(default_weights(model_name).transforms())
 
@@ -175,11 +204,6 @@ def _init_decoder(model_name: str, all_started) -> None:
 def _decode_one(path: str) -> int:
     tensor = decode_and_preprocess(read_bytes(path, S3Options(), 1 << 30), _PREP)
     return tensor.shape[-1]
-
-
-def _decode_once_all_started(path: str) -> int:
-    _ALL_STARTED.wait(timeout=600)
-    return _decode_one(path)
 
 
 def warm_page_cache(files: list[Path]) -> None:
@@ -193,14 +217,7 @@ def warm_page_cache(files: list[Path]) -> None:
 def decode_ceiling(model_name: str, files: list[Path], cores: int) -> dict[str, Any]:
     warm_page_cache(files)
     paths = [str(p) for p in files]
-    context = mp.get_context("spawn")
-    with ProcessPoolExecutor(cores, mp_context=context, initializer=_init_decoder,
-                             initargs=(model_name, context.Barrier(cores))) as pool:
-        # Every process started before the clock does: the pool spawns them one by one (~3 s of
-        # imports each here), and a warm-up that one process finished alone let the timed part
-        # start with the other still importing (896 against 1,144 images, 511 images/s against
-        # 560-566 for the same pool once both ran).
-        list(pool.map(_decode_once_all_started, paths[:cores]))  # one each: all block until all are up
+    with started_pool(cores, _init_decoder, (model_name,), _decode_one, paths[:cores]) as pool:
         list(pool.map(_decode_one, paths[: cores * 4]))
         started = time.perf_counter()
         list(pool.map(_decode_one, paths, chunksize=16))
@@ -225,9 +242,9 @@ READ_THREADS = 4  # the job's default --decode-threads: one worker per core, 4 f
 _S3: Optional[S3Options] = None
 
 
-def _init_reader(endpoint: str, all_started) -> None:
-    global _S3, _ALL_STARTED
-    _S3, _ALL_STARTED = S3Options(endpoint_url=endpoint), all_started
+def _init_reader(endpoint: str) -> None:
+    global _S3
+    _S3 = S3Options(endpoint_url=endpoint)
 
 
 def _read_one(uri: str) -> int:
@@ -239,20 +256,13 @@ def _read_chunk(uris: list[str]) -> int:
         return sum(threads.map(_read_one, uris))
 
 
-def _read_once_all_started(uris: list[str]) -> int:
-    _ALL_STARTED.wait(timeout=600)
-    return _read_chunk(uris)
-
-
 def s3_read_ceiling(uris: list[str], endpoint: str, processes: int) -> dict[str, Any]:
     """images/s of fetching the objects alone (bytes, no decode) from the endpoint, laid out as the
     job's executors fetch: one process per core, READ_THREADS threads each. On the loopback
     endpoint the server's own CPU is in it: it shares the cores with everything else."""
-    context = mp.get_context("spawn")
     chunks = [uris[i::processes] for i in range(processes)]
-    with ProcessPoolExecutor(processes, mp_context=context, initializer=_init_reader,
-                             initargs=(endpoint, context.Barrier(processes))) as pool:
-        list(pool.map(_read_once_all_started, [chunk[:READ_THREADS * 2] for chunk in chunks]))  # all up, warm
+    with started_pool(processes, _init_reader, (endpoint,), _read_chunk,
+                      [chunk[:READ_THREADS * 2] for chunk in chunks]) as pool:
         started = time.perf_counter()
         list(pool.map(_read_chunk, chunks))
         elapsed = time.perf_counter() - started
