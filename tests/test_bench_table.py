@@ -17,25 +17,36 @@ def test_combined_ceiling_shares_cores_on_cpu_and_takes_the_slower_stage_on_gpu(
     assert combined_ceiling(6000.0, 3000.0, "cuda", read_rate=2000.0) == 2000.0
 
 
+def job_figures(rate: float, after_build: float, build_s: float, wall_s: float, images: int) -> dict:
+    """One job run as `bench.run_job` reports it (the fields format_table reads)."""
+    return {"inference_images_per_s": rate, "inference_images_per_s_after_model_build": after_build,
+            "timing_s": {"model_build_max": build_s}, "wall_s": wall_s, "images": images}
+
+
+def bench_result(model: str, images: int, precision: str, model_rate: float, batch: int, decode_rate: float,
+                 combined: float, job: dict, **rest) -> dict:
+    """What bench.py's main() hands format_table for a CPU run on 2 cores, plus `rest`."""
+    best = {"images_per_s": model_rate, "processes": 2, "threads": 1, "batch": batch, "channels_last": True,
+            "graph": "torchscript", "precision": precision}
+    return {"model": model, "images": images, "cores": 2, "device": "cpu", "precision": precision,
+            "machine": {"gpu": None}, "model_ceiling": {"best": best},
+            "decode_ceiling": {"images_per_s": decode_rate, "processes": 2}, "combined_ceiling_images_per_s": combined,
+            "job_local": job, **rest}
+
+
 def test_table_shows_the_ceilings_after_the_job_and_both_ratios():
-    best = {"images_per_s": 600.0, "processes": 2, "threads": 1, "batch": 8, "channels_last": True,
-            "graph": "torchscript", "precision": "fp32"}
-    job = {"inference_images_per_s": 180.0, "inference_images_per_s_after_model_build": 190.0,
-           "timing_s": {"model_build_max": 0.9}, "wall_s": 30.0, "images": 2040}
-    result = {
-        "model": "mobilenet_v3_small", "images": 2040, "cores": 2, "device": "cpu", "precision": "fp32",
-        "machine": {"gpu": None}, "model_ceiling": {"best": best},
-        "decode_ceiling": {"images_per_s": 300.0, "processes": 2}, "combined_ceiling_images_per_s": 200.0,
-        "ceilings_after_job": {"model_images_per_s": 540.0, "decode_images_per_s": 270.0,
-                               "combined_images_per_s": 180.0},
-        "job_local": job,
-        "s3_read_ceiling": {"images_per_s": 120.0, "processes": 2, "threads": 4},
-        "combined_ceiling_s3_images_per_s": 120.0,
-        "job_s3": {**job, "inference_images_per_s": 90.0},
-        "ratios": {"job_local_inference_vs_combined_ceiling": 0.9,
-                   "job_local_inference_vs_combined_ceiling_after_job": 1.0,
-                   "job_s3_inference_vs_combined_ceiling": 0.45, "job_s3_inference_vs_combined_ceiling_s3": 0.75},
-    }
+    job = job_figures(180.0, 190.0, 0.9, 30.0, 2040)
+    result = bench_result(
+        "mobilenet_v3_small", 2040, "fp32", 600.0, 8, 300.0, 200.0, job,
+        ceilings_after_job={"model_images_per_s": 540.0, "decode_images_per_s": 270.0,
+                            "combined_images_per_s": 180.0},
+        s3_read_ceiling={"images_per_s": 120.0, "processes": 2, "threads": 4},
+        combined_ceiling_s3_images_per_s=120.0,
+        job_s3={**job, "inference_images_per_s": 90.0},
+        ratios={"job_local_inference_vs_combined_ceiling": 0.9,
+                "job_local_inference_vs_combined_ceiling_after_job": 1.0,
+                "job_s3_inference_vs_combined_ceiling": 0.45, "job_s3_inference_vs_combined_ceiling_s3": 0.75},
+    )
     lines = format_table(result).splitlines()
     assert any("s3 read ceiling" in line and "2 processes x 4 threads" in line for line in lines)
     assert any("combined ceiling, from s3" in line and "min(combined, read)" in line for line in lines)
@@ -48,25 +59,20 @@ def test_table_shows_the_ceilings_after_the_job_and_both_ratios():
 
 
 def test_table_brackets_the_baselines_with_the_job_run_before_and_after_them():
-    best = {"images_per_s": 46.0, "processes": 2, "threads": 1, "batch": 4, "channels_last": True,
-            "graph": "torchscript", "precision": "bf16"}
-    job = {"inference_images_per_s": 41.0, "inference_images_per_s_after_model_build": 44.0,
-           "timing_s": {"model_build_max": 1.3}, "wall_s": 40.0, "images": 840}
-    result = {
-        "model": "resnet50", "images": 840, "cores": 2, "device": "cpu", "precision": "bf16",
-        "machine": {"gpu": None}, "model_ceiling": {"best": best},
-        "decode_ceiling": {"images_per_s": 650.0, "processes": 2}, "combined_ceiling_images_per_s": 43.0,
-        "job_local": job, "job_local_fp32": {**job, "wall_s": 50.0},
-        "job_local_again": {**job, "wall_s": 44.0}, "job_local_fp32_again": {**job, "wall_s": 55.0},
-        "tutorial": {"wall_s": 110.0}, "databricks": {"wall_s": 100.0},
-        "combined_ceiling_fp32_images_per_s": 24.0,
-        "ratios": {"job_local_inference_vs_combined_ceiling": 0.95,
-                   "job_local_fp32_inference_vs_combined_ceiling": 0.9,
-                   "tutorial_wall_vs_job_wall": 2.75, "tutorial_wall_vs_job_wall_again": 2.5,
-                   "tutorial_wall_vs_job_fp32_wall": 2.2, "tutorial_wall_vs_job_fp32_wall_again": 2.0,
-                   "databricks_wall_vs_job_wall": 2.5, "databricks_wall_vs_job_wall_again": 100 / 44,
-                   "databricks_wall_vs_job_fp32_wall": 2.0, "databricks_wall_vs_job_fp32_wall_again": 100 / 55},
-    }
+    job = job_figures(41.0, 44.0, 1.3, 40.0, 840)
+    result = bench_result(
+        "resnet50", 840, "bf16", 46.0, 4, 650.0, 43.0, job,
+        job_local_fp32={**job, "wall_s": 50.0},
+        job_local_again={**job, "wall_s": 44.0}, job_local_fp32_again={**job, "wall_s": 55.0},
+        tutorial={"wall_s": 110.0}, databricks={"wall_s": 100.0},
+        combined_ceiling_fp32_images_per_s=24.0,
+        ratios={"job_local_inference_vs_combined_ceiling": 0.95,
+                "job_local_fp32_inference_vs_combined_ceiling": 0.9,
+                "tutorial_wall_vs_job_wall": 2.75, "tutorial_wall_vs_job_wall_again": 2.5,
+                "tutorial_wall_vs_job_fp32_wall": 2.2, "tutorial_wall_vs_job_fp32_wall_again": 2.0,
+                "databricks_wall_vs_job_wall": 2.5, "databricks_wall_vs_job_wall_again": 100 / 44,
+                "databricks_wall_vs_job_fp32_wall": 2.0, "databricks_wall_vs_job_fp32_wall_again": 100 / 55},
+    )
     lines = format_table(result).splitlines()
     tutorial = next(line for line in lines if "tutorial whole process" in line)
     assert tutorial.endswith("job is 2.75 x (bf16), 2.20 x (fp32) faster; run again after: 2.50 x (bf16), 2.00 x (fp32)")
