@@ -522,18 +522,24 @@ def main() -> int:
         result["combined_ceiling_images_per_s"] = combined
         job_precision = ["--precision", precision]
 
-        log(f"job, local folder ({precision}) ...")
-        result["job_local"] = run_job(str(work / "data"), work / "run-local", args, weights, best["batch"], env,
-                                      job_precision, out / f"job-local-{args.model}.log")
+        def local_job(key: str, run_precision: str, batch: int, when: str = "") -> dict[str, Any]:
+            """The job on the local folder; `key` (job_local, job_local_fp32, ...) also names its
+            output folder (run-local, run-local-fp32, ...) and its log."""
+            log(f"job, local folder ({run_precision}){when} ...")
+            return run_job(str(work / "data"), work / key.replace("job_", "run-").replace("_", "-"), args, weights,
+                           batch, env, ["--precision", run_precision], out / f"{key.replace('_', '-')}-{args.model}.log")
+
+        local_runs = [("job_local", precision, best["batch"])]
+        if precision == "bf16":
+            local_runs.append(("job_local_fp32", "fp32", result["model_ceiling_fp32"]["best"]["batch"]))
+
+        result["job_local"] = local_job(*local_runs[0])
         log("ceilings again, right after the job ...")
         result["ceilings_after_job"] = ceilings_again(args, weights, files, best)
         if precision == "bf16":
             best32 = result["model_ceiling_fp32"]["best"]
             result["combined_ceiling_fp32_images_per_s"] = combined_ceiling(best32["images_per_s"], decode_rate, "cpu")
-            log("job, local folder (fp32) ...")
-            result["job_local_fp32"] = run_job(str(work / "data"), work / "run-local-fp32", args, weights,
-                                               best32["batch"], env, ["--precision", "fp32"],
-                                               out / f"job-local-fp32-{args.model}.log")
+            result["job_local_fp32"] = local_job(*local_runs[1])
             result["bf16_vs_fp32"] = agreement(work / "run-local", work / "run-local-fp32")
         if args.rss_check:
             log("job, one copy (memory check) ...")
@@ -586,16 +592,8 @@ def main() -> int:
             # The job again after the baselines: a whole-process ratio compares runs minutes apart, so
             # the job brackets the baselines in time, and a machine that slowed down or sped up
             # meanwhile shows as two different ratios instead of one flattering (or unfair) one.
-            log(f"job, local folder ({precision}), again after the baselines ...")
-            result["job_local_again"] = run_job(str(work / "data"), work / "run-local-again", args, weights,
-                                                best["batch"], env, job_precision,
-                                                out / f"job-local-again-{args.model}.log")
-            if precision == "bf16":
-                log("job, local folder (fp32), again after the baselines ...")
-                result["job_local_fp32_again"] = run_job(str(work / "data"), work / "run-local-fp32-again", args,
-                                                         weights, result["model_ceiling_fp32"]["best"]["batch"], env,
-                                                         ["--precision", "fp32"],
-                                                         out / f"job-local-fp32-again-{args.model}.log")
+            for key, run_precision, batch in local_runs:
+                result[f"{key}_again"] = local_job(f"{key}_again", run_precision, batch, ", again after the baselines")
 
         job_rate = result["job_local"]["inference_images_per_s"]
         result["ratios"] = {"job_local_inference_vs_combined_ceiling": job_rate / combined,
