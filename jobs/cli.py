@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     perf = parser.add_argument_group("performance")
     perf.add_argument("--batch-size", type=int, default=None,
                       help="images per model forward pass; default per executor device: 8 on CPU, 256 on CUDA "
-                           "(the measured best, README Performance)")
+                           "(the measured best, docs/performance.md)")
     perf.add_argument("--arrow-batch-size", type=int, default=256,
                       help="paths per Arrow batch handed to the UDF (spark.sql.execution.arrow.maxRecordsPerBatch)")
     perf.add_argument("--decode-threads", type=int, default=4, help="fetch+decode threads per Python worker")

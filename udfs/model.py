@@ -202,7 +202,7 @@ def resolve_batch_size(batch_size: Optional[int], device: torch.device) -> int:
     (2 cores, local[2]); ResNet50's ceiling is flat from 4 to 16, and a smaller batch means a
     shorter warm-up of the fused graph and less padding at the end of a task. CUDA 256: one
     H200 fed by 16 vCPUs reached 0.82-1.07 of its ceiling at 128-256 and 0.75 at 64
-    (scripts/bench_executors.py, README Performance)."""
+    (scripts/bench_executors.py, docs/performance.md)."""
     return batch_size or AUTO_BATCH_SIZE.get(device.type, AUTO_BATCH_SIZE["cpu"])
 
 
