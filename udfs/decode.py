@@ -17,6 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from udfs.torchvision_import import load_torchvision
+
+load_torchvision()  # first, so that torchvision comes without TorchDynamo
 import torchvision.transforms.functional as F
 from PIL import Image, ImageOps
 from torchvision.transforms import InterpolationMode

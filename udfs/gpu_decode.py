@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
-import torchvision.transforms.v2.functional as F
+from udfs.torchvision_import import load_torchvision
+
+load_torchvision()  # first, so that torchvision comes without TorchDynamo
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -78,7 +80,17 @@ def apply_orientation(image: torch.Tensor, orientation: int) -> torch.Tensor:
     return image
 
 
+def tensor_transforms():
+    """`torchvision.transforms.v2.functional`, imported on first use: it imports TorchDynamo
+    (~1.4 s, see udfs.torchvision_import), which only this path needs. A predictor built with
+    --gpu-decode calls it then, so that the import counts with the model build."""
+    import torchvision.transforms.v2.functional as F
+
+    return F
+
+
 def preprocess_tensor(image: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    F = tensor_transforms()
     image = F.resize(image, list(prep.resize_size), interpolation=prep.interpolation, antialias=prep.antialias)
     return F.center_crop(image, list(prep.crop_size))
 

@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from udfs.torchvision_import import load_torchvision
+
+load_torchvision()  # first, so that torchvision comes without TorchDynamo
 import torchvision
 from torchvision.models import WeightsEnum
 

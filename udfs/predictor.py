@@ -30,7 +30,7 @@ import torch
 
 from udfs.decode import Preprocessing, decode_and_preprocess, normalize_batch
 from udfs.errors import describe_failure
-from udfs.gpu_decode import EncodedJpeg, decode_batch, probe_jpeg
+from udfs.gpu_decode import EncodedJpeg, decode_batch, probe_jpeg, tensor_transforms
 from udfs.labels import ClassNames
 from udfs.model import (autocast_to, default_weights, exact_fp32_on_cuda, load_model, optimize_graph,
                         resolve_batch_size, resolve_precision)
@@ -116,6 +116,8 @@ class Predictor:
         self.top_eval = min(max(settings.top_k, 5), num_classes)
         self.pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="fetch-decode")
         self.stats = TaskStats()
+        if settings.gpu_decode:
+            tensor_transforms()  # its import (TorchDynamo) now, with the build, not in the first batch
 
     # -- one image: the only place a per-image exception becomes an error row -----------------
     @staticmethod
