@@ -8,7 +8,10 @@ What it measures, on the same images (the tree repeated under `--copies` prefixe
    (CPU: every processes x threads split of the cores, batch sizes, channels_last on/off;
    GPU: precision x batch size);
 2. decode ceiling: images/s of read + decode + preprocess alone, one process per core;
-3. the job (spark-submit, local[cores]) from the local folder and from a loopback S3 endpoint
+3. the job (spark-submit, local[cores]) with its own defaults, as a user runs it (its model batch:
+   8 on CPU, 256 on CUDA; the ceiling's best batch is a property of the bare model, and in the
+   job bigger batches cost more than they gain: mobilenet_v3_small ran 246-268 images/s at 8,
+   223-229 at 16 and 190-201 at 32 on 2 cores), from the local folder and from a loopback S3 endpoint
    (with that endpoint's read ceiling: the bytes alone, fetched as the executors fetch them):
    inference-stage images/s (first scoring task start to last task end, from summary.json) and
    whole-process wall time; right after the local job, the model ceiling (its best configuration)
@@ -58,7 +61,7 @@ import torch
 PROJECT = Path(__file__).resolve().parents[1]
 
 from udfs.decode import Preprocessing, decode_and_preprocess, normalize_batch
-from udfs.model import (autocast_to, default_weights, exact_fp32_on_cuda, load_model, optimize_graph,
+from udfs.model import (AUTO_BATCH_SIZE, autocast_to, default_weights, exact_fp32_on_cuda, load_model, optimize_graph,
                         resolve_precision)
 from udfs.storage import read_bytes
 from udfs.settings import S3Options
@@ -291,12 +294,14 @@ def run_timed(command: list[str], env: dict[str, str], log_file: Path) -> float:
     return elapsed
 
 
-def run_job(input_uri: str, output: Path, args, weights: Path, batch: int, env: dict[str, str],
+def run_job(input_uri: str, output: Path, args, weights: Path, env: dict[str, str],
             extra: list[str], log_file: Path) -> dict[str, Any]:
+    """spark-submit the job as a user would, with its own defaults (its model batch among them:
+    `job_batch`) and whatever --job-arg adds."""
     command = [spark_submit(), "--master", f"local[{args.job_slots or args.cores}]",
                "--properties-file", str(PROJECT / "conf" / "spark-defaults.local.conf"),
                str(PROJECT / "jobs" / "infer_dogs.py"), "--input", input_uri, "--output", str(output),
-               "--model", args.model, "--weights", str(weights), "--batch-size", str(batch),
+               "--model", args.model, "--weights", str(weights),
                "--mode", "overwrite", *extra, *args.job_args]
     wall = run_timed(command, env, log_file)
     summary = json.loads((output / "summary.json").read_text())
@@ -307,6 +312,16 @@ def run_job(input_uri: str, output: Path, args, weights: Path, batch: int, env: 
                 summary["counts"]["images"] / (summary["timing_s"]["inference"] - summary["timing_s"]["model_build_max"]), 2),
             "model_builds": summary["model_builds"], "devices": summary["devices"],
             "worker_peak_rss_mb": max(w["peak_rss_mb"] for w in summary["workers"])}
+
+
+def job_batch(args) -> str:
+    """The model batch the job runs with: its default for the device, unless --job-arg sets one."""
+    for index, arg in enumerate(args.job_args):
+        if arg.startswith("--batch-size="):
+            return arg.split("=", 1)[1]
+        if arg == "--batch-size" and index + 1 < len(args.job_args):
+            return args.job_args[index + 1]
+    return f"{AUTO_BATCH_SIZE[args.device]} (its default on {args.device})"
 
 
 def combined_ceiling(model_rate: float, decode_rate: float, device: str, read_rate: Optional[float] = None) -> float:
@@ -499,7 +514,7 @@ def main() -> int:
         make_spread_weights(args.model, 0, files[:len(files) // max(args.copies, 1)], weights)
         result: dict[str, Any] = {
             "model": args.model, "images": len(files), "cores": args.cores, "device": args.device,
-            "job_slots": args.job_slots or args.cores, "job_args": args.job_args,
+            "job_slots": args.job_slots or args.cores, "job_args": args.job_args, "job_batch": job_batch(args),
             "machine": {"platform": platform.platform(), "processor": platform.processor(),
                         "cpus": os.cpu_count(), "torch": torch.__version__,
                         "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None},
@@ -522,16 +537,16 @@ def main() -> int:
         result["combined_ceiling_images_per_s"] = combined
         job_precision = ["--precision", precision]
 
-        def local_job(key: str, run_precision: str, batch: int, when: str = "") -> dict[str, Any]:
+        def local_job(key: str, run_precision: str, when: str = "") -> dict[str, Any]:
             """The job on the local folder; `key` (job_local, job_local_fp32, ...) also names its
             output folder (run-local, run-local-fp32, ...) and its log."""
             log(f"job, local folder ({run_precision}){when} ...")
             return run_job(str(work / "data"), work / key.replace("job_", "run-").replace("_", "-"), args, weights,
-                           batch, env, ["--precision", run_precision], out / f"{key.replace('_', '-')}-{args.model}.log")
+                           env, ["--precision", run_precision], out / f"{key.replace('_', '-')}-{args.model}.log")
 
-        local_runs = [("job_local", precision, best["batch"])]
+        local_runs = [("job_local", precision)]
         if precision == "bf16":
-            local_runs.append(("job_local_fp32", "fp32", result["model_ceiling_fp32"]["best"]["batch"]))
+            local_runs.append(("job_local_fp32", "fp32"))
 
         result["job_local"] = local_job(*local_runs[0])
         log("ceilings again, right after the job ...")
@@ -544,13 +559,13 @@ def main() -> int:
         if args.rss_check:
             log("job, one copy (memory check) ...")
             result["job_one_copy"] = run_job(str(work / "data" / "copy00"), work / "run-one", args, weights,
-                                             best["batch"], env, job_precision, out / f"job-one-copy-{args.model}.log")
+                                             env, job_precision, out / f"job-one-copy-{args.model}.log")
             if args.copies >= 4:  # where the plateau is: half the copies against all of them
                 half = work / "data-half"
                 for copy in sorted((work / "data").iterdir())[: args.copies // 2]:  # real folders: listing
                     shutil.copytree(copy, half / copy.name, symlinks=True)           # does not follow links
                 log("job, half the copies (memory check) ...")
-                result["job_half"] = run_job(str(half), work / "run-half", args, weights, best["batch"], env,
+                result["job_half"] = run_job(str(half), work / "run-half", args, weights, env,
                                              job_precision, out / f"job-half-{args.model}.log")
         if args.s3:
             from moto.server import ThreadedMotoServer
@@ -570,7 +585,7 @@ def main() -> int:
                 result["combined_ceiling_s3_images_per_s"] = combined_ceiling(
                     model_rate, decode_rate, args.device, result["s3_read_ceiling"]["images_per_s"])
                 log("job, loopback S3 ...")
-                result["job_s3"] = run_job(uri, work / "run-s3", args, weights, best["batch"], env,
+                result["job_s3"] = run_job(uri, work / "run-s3", args, weights, env,
                                            ["--s3-endpoint-url", endpoint, *job_precision], out / f"job-s3-{args.model}.log")
             finally:
                 server.stop()
@@ -592,8 +607,8 @@ def main() -> int:
             # The job again after the baselines: a whole-process ratio compares runs minutes apart, so
             # the job brackets the baselines in time, and a machine that slowed down or sped up
             # meanwhile shows as two different ratios instead of one flattering (or unfair) one.
-            for key, run_precision, batch in local_runs:
-                result[f"{key}_again"] = local_job(f"{key}_again", run_precision, batch, ", again after the baselines")
+            for key, run_precision in local_runs:
+                result[f"{key}_again"] = local_job(f"{key}_again", run_precision, ", again after the baselines")
 
         job_rate = result["job_local"]["inference_images_per_s"]
         result["ratios"] = {"job_local_inference_vs_combined_ceiling": job_rate / combined,
@@ -714,7 +729,8 @@ def format_table(result: dict[str, Any]) -> str:
                 text += f"; run again after: {faster('_again')}"
             rows.append((f"{name} whole process", f"{result[name]['wall_s']:.1f} s", text))
     header = (f"infer-dogs bench: {result['model']}, {result['images']} images, {result['cores']} cores, "
-              f"{result['device']}{' (' + result['machine']['gpu'] + ')' if result['machine']['gpu'] else ''}")
+              f"{result['device']}{' (' + result['machine']['gpu'] + ')' if result['machine']['gpu'] else ''}"
+              + (f"; the job's batch {result['job_batch']}" if "job_batch" in result else ""))
     return table_lines(header, rows, 16)
 
 

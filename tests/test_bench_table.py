@@ -77,3 +77,19 @@ def test_table_brackets_the_baselines_with_the_job_run_before_and_after_them():
     tutorial = next(line for line in lines if "tutorial whole process" in line)
     assert tutorial.endswith("job is 2.75 x (bf16), 2.20 x (fp32) faster; run again after: 2.50 x (bf16), 2.00 x (fp32)")
     assert any("job (local, fp32) again" in line and "55.0 s" in line for line in lines)
+
+
+def test_the_job_runs_with_its_own_batch_unless_told_and_the_table_says_which():
+    from types import SimpleNamespace
+
+    from scripts.bench import job_batch
+
+    assert job_batch(SimpleNamespace(job_args=[], device="cpu")) == "8 (its default on cpu)"
+    assert job_batch(SimpleNamespace(job_args=["--decode-threads=2"], device="cuda")) == "256 (its default on cuda)"
+    assert job_batch(SimpleNamespace(job_args=["--batch-size=16"], device="cpu")) == "16"
+    assert job_batch(SimpleNamespace(job_args=["--batch-size", "32"], device="cpu")) == "32"
+    result = bench_result("mobilenet_v3_small", 2040, "fp32", 600.0, 32, 300.0, 200.0,
+                          job_figures(180.0, 190.0, 0.9, 30.0, 2040), job_batch="8 (its default on cpu)",
+                          ratios={"job_local_inference_vs_combined_ceiling": 0.9})
+    header = format_table(result).splitlines()[0]
+    assert header == "infer-dogs bench: mobilenet_v3_small, 2040 images, 2 cores, cpu; the job's batch 8 (its default on cpu)"
