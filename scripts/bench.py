@@ -61,8 +61,8 @@ import torch
 PROJECT = Path(__file__).resolve().parents[1]
 
 from udfs.decode import Preprocessing, decode_and_preprocess, normalize_batch
-from udfs.model import (AUTO_BATCH_SIZE, autocast_to, default_weights, exact_fp32_on_cuda, load_model, optimize_graph,
-                        resolve_precision)
+from udfs.model import (autocast_to, default_weights, exact_fp32_on_cuda, load_model, optimize_graph,
+                        resolve_batch_size, resolve_precision)
 from udfs.storage import read_bytes
 from udfs.settings import S3Options
 
@@ -315,13 +315,13 @@ def run_job(input_uri: str, output: Path, args, weights: Path, env: dict[str, st
 
 
 def job_batch(args) -> str:
-    """The model batch the job runs with: its default for the device, unless --job-arg sets one."""
-    for index, arg in enumerate(args.job_args):
-        if arg.startswith("--batch-size="):
-            return arg.split("=", 1)[1]
-        if arg == "--batch-size" and index + 1 < len(args.job_args):
-            return args.job_args[index + 1]
-    return f"{AUTO_BATCH_SIZE[args.device]} (its default on {args.device})"
+    """The model batch the job runs with: --job-arg read by the job's own parser, else the job's
+    default for the device."""
+    from jobs.cli import build_parser
+
+    asked = build_parser().parse_known_args(args.job_args)[0].batch_size
+    batch = resolve_batch_size(asked, torch.device(args.device))
+    return str(batch) if asked else f"{batch} (its default on {args.device})"
 
 
 def combined_ceiling(model_rate: float, decode_rate: float, device: str, read_rate: Optional[float] = None) -> float:

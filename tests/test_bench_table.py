@@ -88,6 +88,7 @@ def test_the_job_runs_with_its_own_batch_unless_told_and_the_table_says_which():
     assert job_batch(SimpleNamespace(job_args=["--decode-threads=2"], device="cuda")) == "256 (its default on cuda)"
     assert job_batch(SimpleNamespace(job_args=["--batch-size=16"], device="cpu")) == "16"
     assert job_batch(SimpleNamespace(job_args=["--batch-size", "32"], device="cpu")) == "32"
+    assert job_batch(SimpleNamespace(job_args=["--batch", "4"], device="cpu")) == "4"  # as the job's parser reads it
     result = bench_result("mobilenet_v3_small", 2040, "fp32", 600.0, 32, 300.0, 200.0,
                           job_figures(180.0, 190.0, 0.9, 30.0, 2040), job_batch="8 (its default on cpu)",
                           ratios={"job_local_inference_vs_combined_ceiling": 0.9})
