@@ -99,8 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--batch-size", type=int, default=None,
                       help="images per model forward pass; default per executor device: 8 on CPU, 256 on CUDA "
                            "(the measured best, docs/performance.md)")
-    perf.add_argument("--arrow-batch-size", type=int, default=256,
-                      help="paths per Arrow batch handed to the UDF (spark.sql.execution.arrow.maxRecordsPerBatch)")
+    perf.add_argument("--arrow-batch-size", type=int, default=None,
+                      help="paths per Arrow batch handed to the UDF (spark.sql.execution.arrow.maxRecordsPerBatch); "
+                           "default: that setting where it was submitted (spark-submit --conf, spark-defaults, a "
+                           "cluster's Spark config), else 256")
     perf.add_argument("--decode-threads", type=int, default=4, help="fetch+decode threads per Python worker")
     perf.add_argument("--torch-threads", type=int, default=None,
                       help="torch intra-op threads per task (default: Spark's spark.task.cpus)")
@@ -211,11 +213,11 @@ def validate(settings: Settings) -> None:
         raise UsageError("--weights and --random-weights exclude each other")
     if settings.label_map and not Path(settings.label_map).is_file():
         raise UsageError(f"label map not found: {settings.label_map}")
-    positive = ("arrow_batch_size", "top_k", "decode_threads", "tasks_per_slot", "max_image_bytes")
+    positive = ("top_k", "decode_threads", "tasks_per_slot", "max_image_bytes")
     for name in positive:
         if getattr(settings, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("batch_size", "limit", "torch_threads"):
+    for name in ("batch_size", "arrow_batch_size", "limit", "torch_threads"):
         if getattr(settings, name) is not None and getattr(settings, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
     if settings.mode not in WRITE_MODES:

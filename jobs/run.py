@@ -85,7 +85,7 @@ def run_job(spark: SparkSession, settings: Settings, listing: Listing,
     timings = dict(timings or {})
     started = time.perf_counter()
     paths = RunPaths(settings.output)
-    configure_session(spark, settings)
+    settings = configure_session(spark, settings)
     profile = scoring_profile(spark, settings)  # checked before OUTPUT is touched, like the weights
     settings = ship_weights(spark, settings)  # before OUTPUT is touched: bad weights clear nothing
     prepare_output(spark, paths, settings.mode, settings.resume)

@@ -2,8 +2,9 @@
 
 Values given by spark-submit (`--conf`, spark-defaults.conf, a platform's cluster config) win;
 the job only fills in what is unset: Python worker reuse (the model stays loaded between
-tasks), Arrow, `maxRecordsPerBatch` sized for paths, no locality wait (input is remote), and,
-in local modes, the driver's own interpreter for the Python workers.
+tasks), Arrow, `maxRecordsPerBatch` sized for paths (the job's `--arrow-batch-size`, when given,
+wins over a submitted value), no locality wait (input is remote), and, in local modes, the
+driver's own interpreter for the Python workers.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pyspark import SparkConf, SparkContext
 from pyspark.resource import ResourceProfile, ResourceProfileBuilder, TaskResourceRequests
 from pyspark.sql import SparkSession
 
+from jobs.cli import UsageError
 from udfs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -81,14 +83,30 @@ def start_spark(settings: Settings, app_name: str = "infer-dogs") -> SparkSessio
         os.environ["PYSPARK_PYTHON"] = submitted.get("spark.pyspark.python", sys.executable)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(spark_log_level(settings.verbose))
-    configure_session(spark, settings)
     log.info("Spark %s, master %s, default parallelism %d", spark.version, master, spark.sparkContext.defaultParallelism)
     return spark
 
 
-def configure_session(spark: SparkSession, settings: Settings) -> None:
-    """Runtime (SQL) settings, also applied to a session the caller already had."""
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(settings.arrow_batch_size))
+ARROW_BATCH_KEY = "spark.sql.execution.arrow.maxRecordsPerBatch"
+DEFAULT_ARROW_BATCH_SIZE = 256  # paths, not images: an Arrow batch of paths is a few KB
+
+
+def configure_session(spark: SparkSession, settings: Settings) -> Settings:
+    """Runtime (SQL) settings, also applied to a session the caller already had; returns the
+    settings with the Arrow batch size this run uses: `--arrow-batch-size`, else the value
+    submitted to Spark (a cluster's config), else 256. Spark's own default, 10,000 records, is
+    sized for rows of data: for paths it would hand a whole task to the UDF as one batch."""
+    size = settings.arrow_batch_size
+    if size is None:
+        submitted = spark.sparkContext.getConf().get(ARROW_BATCH_KEY, None)
+        if not submitted:
+            size = DEFAULT_ARROW_BATCH_SIZE
+        elif submitted.strip().isdigit() and int(submitted) >= 1:
+            size = int(submitted)
+        else:
+            raise UsageError(f"{ARROW_BATCH_KEY}={submitted} was submitted: it must be a whole number of at least 1")
+    spark.conf.set(ARROW_BATCH_KEY, str(size))
+    return settings.with_arrow_batch_size(size)
 
 
 class GpuSchedulingError(ValueError):

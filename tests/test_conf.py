@@ -133,6 +133,9 @@ def test_emr_serverless_job_run_is_cpu_only():
     check_spark_conf(confs, "emr serverless")
     assert not any("gpu" in key for key in confs)  # EMR Serverless has no GPUs
     assert "no GPUs" in run["tags"]["gpu"]
+    # EMR Serverless refuses the request for any tag outside its TagKey/TagValue pattern (botocore's
+    # emr-serverless service model): no commas, no semicolons.
+    assert all(re.fullmatch(r"[A-Za-z0-9 /_.:=+@-]{1,256}", text) for tag in run["tags"].items() for text in tag)
     assert parse_settings(submit["entryPointArguments"]).precision == "fp32"
 
 
@@ -149,6 +152,9 @@ def test_kubernetes_submit_and_pod_template():
     template = Path(confs["spark.kubernetes.executor.podTemplateFile"])
     pod = yaml.safe_load(template.read_text())
     assert pod["kind"] == "Pod" and pod["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    # A selector on a label that only GPU feature discovery sets leaves pods Pending on clusters with
+    # the device plugin alone; the nvidia.com/gpu limit Spark adds already picks GPU nodes.
+    assert "nodeSelector" not in pod["spec"]
     dockerfile = (CONF / "k8s" / "Dockerfile").read_text()
     assert f"COPY dist/infer_dogs.py {job_entry(args).removeprefix('local://')}" in dockerfile
     assert f"COPY conf/getGpusResources.sh {confs['spark.executor.resource.gpu.discoveryScript']}" in dockerfile

@@ -29,6 +29,7 @@ def test_spark_submit_from_s3(s3_server, s3_images, sample_images, tmp_path):
     out = tmp_path / "run"
     command = [str(SPARK_SUBMIT), "--master", "local[2]",
                "--properties-file", str(PROJECT_ROOT / "conf" / "spark-defaults.local.conf"),
+               "--conf", "spark.sql.execution.arrow.maxRecordsPerBatch=7",  # a cluster's own setting
                str(PROJECT_ROOT / "jobs" / "infer_dogs.py"),
                "--input", s3_images, "--s3-endpoint-url", s3_server, "--output", f"file://{out}",
                "--model", MODEL, "--weights", str(weights)]
@@ -39,6 +40,7 @@ def test_spark_submit_from_s3(s3_server, s3_images, sample_images, tmp_path):
     assert_per_class_consistent(predictions, read_per_class(out))
     summary = read_summary(out)
     assert summary["counts"]["images"] == len(sample_images.files())
+    assert summary["settings"]["arrow_batch_size"] == 7  # the submitted value, not the job's default
     assert "top-1 accuracy" in result.stdout and summary["run_id"] in result.stdout
 
     again = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=400)

@@ -61,7 +61,7 @@ class Settings:
     weights: Optional[str] = None
     random_weights: Optional[int] = None
     batch_size: Optional[int] = None  # None: per device, udfs.model.resolve_batch_size
-    arrow_batch_size: int = 256
+    arrow_batch_size: Optional[int] = None  # None: as submitted to Spark, else 256 (jobs.spark_session)
     top_k: int = 5
     limit: Optional[int] = None
     mode: str = "error"
@@ -94,3 +94,6 @@ class Settings:
 
     def with_run_id(self, run_id: str) -> "Settings":
         return replace(self, run_id=run_id)
+
+    def with_arrow_batch_size(self, arrow_batch_size: int) -> "Settings":
+        return replace(self, arrow_batch_size=arrow_batch_size)
