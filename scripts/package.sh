@@ -48,7 +48,11 @@ find "$source_copy" -name __pycache__ -prune -exec rm -rf {} +
 "$BUILD_PYTHON" - "$TORCH_VERSION" "$TORCHVISION_VERSION" > "$DIST/requirements-cluster.txt" <<'PY'
 import re
 import sys
-import tomllib
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10: the same parser, as the tomli package (a dependency there)
+    import tomli as tomllib
 
 pins = {"torch": f"torch=={sys.argv[1]}", "torchvision": f"torchvision=={sys.argv[2]}"}
 print("# infer-dogs dependencies for cluster nodes, from pyproject.toml; pyspark comes from the cluster")
