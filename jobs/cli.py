@@ -169,14 +169,56 @@ def parse_settings(argv: Optional[Sequence[str]] = None) -> Settings:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.config:
-        config = load_config_file(args.config)
-        known = {action.dest for action in parser._actions} - {"help", "config"}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise UsageError(f"unknown key(s) in {args.config}: {', '.join(unknown)}")
-        parser.set_defaults(**config)
+        parser.set_defaults(**config_defaults(parser, load_config_file(args.config), args.config))
         args = parser.parse_args(argv)
     return settings_from_args(args)
+
+
+def config_defaults(parser: argparse.ArgumentParser, config: dict[str, Any], path: str) -> dict[str, Any]:
+    """A config file's keys as the parser's defaults, each checked as its flag would be: keys are a
+    flag's name or its setting's (`no_report` or `report`), on/off flags take true/false (a JSON
+    string "false" would otherwise count as on), numbers take numbers, choices their choices."""
+    actions = {}
+    for action in parser._actions:
+        if action.dest in ("help", "config"):
+            continue
+        actions[action.dest] = (action, False)
+        for option in action.option_strings:
+            name = option.lstrip("-").replace("-", "_")
+            if name != action.dest:
+                actions.setdefault(name, (action, True))
+    unknown = sorted(set(config) - set(actions))
+    if unknown:
+        raise UsageError(f"unknown key(s) in {path}: {', '.join(unknown)}")
+    defaults = {}
+    for key, value in config.items():
+        action, by_flag_name = actions[key]
+        defaults[action.dest] = config_value(action, by_flag_name, key, value, path)
+    return defaults
+
+
+def config_value(action: argparse.Action, by_flag_name: bool, key: str, value: Any, path: str) -> Any:
+    def refuse(expected: str) -> UsageError:
+        return UsageError(f"{key} in {path} must be {expected}, not {value!r}")
+
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise refuse("true or false")
+        if by_flag_name and isinstance(action, argparse._StoreFalseAction):
+            return not value  # `no_report = true` is `report = false`
+        return value
+    if isinstance(action, argparse._CountAction) or action.type is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise refuse("a whole number")
+    elif action.type is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise refuse("a number")
+        value = float(value)
+    elif value is not None and not isinstance(value, str):
+        raise refuse("a string")
+    if action.choices is not None and value not in action.choices:
+        raise refuse(f"one of {', '.join(map(str, action.choices))}")
+    return value
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

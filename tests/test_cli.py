@@ -79,6 +79,36 @@ def test_unknown_config_key_is_refused(tmp_path):
         parse_settings(["--config", str(config)])
 
 
+@pytest.mark.parametrize("entry, message", [
+    ({"dry_run": "false"}, "dry_run in .* must be true or false, not 'false'"),  # a string would count as on
+    ({"top_k": 2.5}, "top_k in .* must be a whole number, not 2.5"),
+    ({"batch_size": True}, "batch_size in .* must be a whole number, not True"),
+    ({"s3_read_timeout": "60"}, "s3_read_timeout in .* must be a number"),
+    ({"mode": "append"}, "mode in .* must be one of error, overwrite"),
+    ({"model": 50}, "model in .* must be a string"),
+])
+def test_config_values_are_checked_like_flags(tmp_path, entry, message):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"input": str(tmp_path), "output": "o", **entry}))
+    with pytest.raises(UsageError, match=message):
+        parse_settings(["--config", str(config)])
+
+
+def test_config_takes_flag_names_and_setting_names(tmp_path):
+    config = tmp_path / "c.toml"
+
+    def parsed(text):
+        config.write_text(f'input = "{tmp_path}"\noutput = "o"\n{text}\n')
+        return parse_settings(["--config", str(config)])
+
+    assert parsed("no_report = true").report is False
+    assert parsed("no-report = false").report is True
+    assert parsed("report = false").report is False
+    assert parsed("no_channels_last = true").channels_last is False
+    assert parsed("dry_run = true").dry_run is True
+    assert parsed("s3_read_timeout = 5").s3.read_timeout_s == 5.0
+
+
 def test_main_exits_2_with_one_line_before_spark(capsys):
     assert main(["--input", "/no/such/folder", "--output", "o"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
