@@ -62,21 +62,31 @@ def random_state_dict(model_name: str, seed: int) -> dict[str, torch.Tensor]:
     return build_architecture(model_name).state_dict()
 
 
-def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
-    """Only plain tensors: `weights_only=True` refuses pickled code."""
+def load_state_dict_file(path: Path, shown_as: Optional[str] = None) -> dict[str, torch.Tensor]:
+    """Only plain tensors: `weights_only=True` refuses pickled code. Errors name the file as the
+    user gave it (`shown_as`), not the driver's local copy."""
+    name = shown_as or str(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # weights_only met a class or function: pickled code
+    except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported global: GLOBAL [\w.]+", str(exc))
-        raise WeightsError(f"cannot load weights from {path.name}: it holds pickled objects or code, not only "
-                           f"tensors ({found.group(0) if found else 'not a plain state dict'}); weights are "
-                           "loaded with torch.load(weights_only=True) and nothing else") from exc
+        if not found:  # not a pickle of anything: text, an image, a truncated download ...
+            # torch's own text advises weights_only=False, which is no answer for such a file: keep
+            # only the unpickler's reason ("Unsupported operand 105")
+            reason = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(exc))
+            detail = reason.group(1).strip() if reason else type(exc).__name__
+            raise WeightsError(f"cannot load weights from {name}: not a PyTorch checkpoint ({detail})") from exc
+        # weights_only met a class or function: pickled code
+        raise WeightsError(f"cannot load weights from {name}: it holds pickled objects or code, not only "
+                           f"tensors ({found.group(0)}); weights are loaded with "
+                           "torch.load(weights_only=True) and nothing else") from exc
     except Exception as exc:  # torch raises RuntimeError, EOFError ... on files that are no checkpoint
-        raise WeightsError(f"cannot load weights from {path}: {exc}") from exc
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"cannot load weights from {name}: not a PyTorch checkpoint ({first_line})") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise WeightsError(f"{path} does not hold a state dict (found {type(state).__name__})")
+        raise WeightsError(f"{name} does not hold a state dict (found {type(state).__name__})")
     return state
 
 
@@ -107,7 +117,7 @@ def resolve_weights(
             ) from exc
         path = Path(torch.hub.get_dir()) / "checkpoints" / Path(entry.url).name
         kind, description = "default", f"torchvision {entry}"
-    _check_fits(model_name, path)
+    _check_fits(model_name, path, weights or description)
     sha256 = sha256_of(path)
     if kind != "default":  # name by content: Spark refuses one file name shipped from two paths
         named = workdir / f"{model_name}-{sha256[:16]}.pt"
@@ -136,13 +146,13 @@ def _fetch_weights_file(uri: str, workdir: Path, s3: S3Options) -> Path:
     return target
 
 
-def _check_fits(model_name: str, path: Path) -> None:
+def _check_fits(model_name: str, path: Path, shown_as: str) -> None:
     model = build_architecture(model_name)
     try:
-        model.load_state_dict(load_state_dict_file(path))
+        model.load_state_dict(load_state_dict_file(path, shown_as))
     except RuntimeError as exc:
         first_line = str(exc).splitlines()[0]
-        raise WeightsError(f"weights in {path.name} do not fit {model_name}: {first_line}") from exc
+        raise WeightsError(f"weights in {shown_as} do not fit {model_name}: {first_line}") from exc
 
 
 def load_model(model_name: str, weights_file: Path, device: torch.device, channels_last: bool) -> torch.nn.Module:
