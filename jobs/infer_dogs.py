@@ -30,7 +30,7 @@ from pyspark.sql import SparkSession
 from jobs.commands import is_subcommand
 from jobs.dry_run import dry_run
 from jobs.listing import ListingError, list_images
-from jobs.outputs import OutputExistsError
+from jobs.outputs import OutputExistsError, OutputNotWritableError
 from jobs.spark_session import GpuSchedulingError, start_spark
 from jobs.summary import format_per_class, format_summary
 from udfs.errors import WeightsError
@@ -110,7 +110,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         timings["spark_start"] = time.perf_counter() - step
         summary = run_job(spark, settings, listing, timings)
         per_class = spark.read.parquet(summary["outputs"]["per_class_accuracy"]).toPandas()
-    except (UsageError, OutputExistsError, WeightsError, GpuSchedulingError) as exc:
+    except (UsageError, OutputExistsError, OutputNotWritableError, WeightsError, GpuSchedulingError) as exc:
         return fail(spark, EXIT_USAGE, str(exc))
     except Exception as exc:  # the job failed: say so in one line, keep the traceback in the log
         log.exception("the job failed")

@@ -15,11 +15,19 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from py4j.protocol import Py4JJavaError
 from pyspark.sql import DataFrame, SparkSession
+
+WRITE_CHECK = "_infer-dogs-write-check"
 
 
 class OutputExistsError(Exception):
     """OUTPUT already holds a run and --mode is error (exit code 2)."""
+
+
+class OutputNotWritableError(Exception):
+    """OUTPUT cannot be created or written (a file in its way, no permission): exit code 2, found
+    before any image is scored."""
 
 
 class IncompleteOutputError(Exception):
@@ -98,6 +106,20 @@ class HadoopFiles:
         source = self._jvm.org.apache.hadoop.fs.Path("file://" + local_file)
         fs.copyFromLocalFile(False, True, source, path)
 
+    def check_writable(self, uri: str) -> None:
+        """Create the folder `uri` and write and remove one empty file in it, or say in one line why
+        not. Hadoop's local filesystem answers a folder it cannot make with `false`, others throw."""
+        fs, path = self._fs_path(uri)
+        probe = self._jvm.org.apache.hadoop.fs.Path(path, WRITE_CHECK)
+        try:
+            if not fs.mkdirs(path):
+                raise OutputNotWritableError(f"cannot create --output {uri}: a parent is not a writable folder")
+            fs.create(probe, True).close()
+            fs.delete(probe, False)
+        except Py4JJavaError as exc:
+            cause = exc.java_exception.toString().splitlines()[0]
+            raise OutputNotWritableError(f"cannot write to --output {uri}: {cause}") from None
+
     def write_text_atomically(self, uri: str, text: str) -> None:
         fs, path = self._fs_path(uri)
         temporary = self._jvm.org.apache.hadoop.fs.Path(path.getParent(), f"_{path.getName()}.tmp")
@@ -113,12 +135,14 @@ class HadoopFiles:
 
 
 def prepare_output(spark: SparkSession, paths: RunPaths, mode: str, resume: bool = False) -> None:
-    """Refuse (mode error) or clear (mode overwrite) a run already in OUTPUT.
+    """Refuse (mode error) or clear (mode overwrite) a run already in OUTPUT, and check that OUTPUT
+    can be written before anything is scored.
 
     With `resume`, keep its committed predictions and clear everything derived from them, and
     the uncommitted `_temporary/` of a killed write (a later job commit would merge it in).
     `summary.json` goes first: from then on the directory reads as incomplete."""
     files = HadoopFiles(spark)
+    files.check_writable(paths.root)
     existing = [uri for uri in paths.entries() if files.exists(uri)]
     existing.sort(key=lambda uri: uri != paths.summary)
     if resume:

@@ -1,4 +1,5 @@
-"""CLI: flags and config files -> Settings; bad input -> one line and exit code 2, before Spark."""
+"""CLI: flags and config files -> Settings; bad input -> one line and exit code 2, before Spark (or,
+for what only Spark can check, such as a file where OUTPUT should be, before any image is scored)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import sys
 import pytest
 from PIL import Image
 
+import jobs.infer_dogs
+import jobs.run
 from jobs.cli import UsageError, build_parser, parse_settings
 from jobs.infer_dogs import main
+from tests.test_security import SessionThatStaysUp
 
 
 def test_flags_become_settings(tmp_path):
@@ -154,3 +158,23 @@ def test_help_lists_every_flag():
     for flag in ("--input", "--output", "--model", "--weights", "--random-weights", "--batch-size", "--top-k",
                  "--limit", "--s3-endpoint-url", "--s3-anonymous", "--mode", "--config"):
         assert flag in text
+
+
+@pytest.mark.parametrize("blocked", ["a-file", "a-file/run"])
+def test_an_output_that_cannot_be_written_is_refused_before_scoring(spark, sample_images, tmp_path, monkeypatch,
+                                                                    capfd, blocked):
+    """A file where OUTPUT (or a parent of it) should be: exit 2 with one line, found when OUTPUT is
+    prepared, not by every scoring task failing on its first write (Spark's retries re-score)."""
+    (tmp_path / "a-file").write_text("not a folder")
+    scored = []
+    monkeypatch.setattr(jobs.run, "score_images", lambda *args, **kwargs: scored.append(args))
+    monkeypatch.setattr(jobs.infer_dogs, "start_spark", lambda settings: SessionThatStaysUp(spark))
+
+    code = jobs.infer_dogs.main(["--input", str(sample_images.images_dir), "--output", str(tmp_path / blocked),
+                                 "--model", "mobilenet_v3_small", "--random-weights", "0"])
+    error = capfd.readouterr().err
+    assert code == 2 and not scored
+    [line] = [line for line in error.splitlines() if line.startswith("infer-dogs: error:")]
+    assert line.startswith(f"infer-dogs: error: cannot write to --output {tmp_path / blocked}: org.apache.hadoop")
+    assert error.rstrip().endswith(line) and "Traceback" not in error
+    assert (tmp_path / "a-file").read_text() == "not a folder"

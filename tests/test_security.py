@@ -108,3 +108,4 @@ def test_no_shell_no_eval_and_torch_load_is_weights_only():
                 if not (isinstance(weights_only, ast.Constant) and weights_only.value is True):
                     problems.append(f"{where}: torch.load without weights_only=True")
     assert python_files() and not problems, "\n".join(problems)
+
