@@ -243,12 +243,18 @@ def validate_model(settings: Settings) -> None:
 
 def validate(settings: Settings) -> None:
     """Everything that needs no torch (see `validate_model`)."""
-    from udfs.storage import is_s3_uri, local_path
+    from udfs.storage import is_s3_uri, local_path, split_s3_uri
 
     if not settings.input:
         raise UsageError("--input is required (s3://bucket/prefix/ or a local folder)")
     if not settings.output:
         raise UsageError("--output is required (the run directory)")
+    for flag, uri in (("--input", settings.input), ("--output", settings.output), ("--weights", settings.weights)):
+        if uri and is_s3_uri(uri):
+            try:
+                split_s3_uri(uri)
+            except ValueError as exc:
+                raise UsageError(f"{flag}: {exc} (s3://bucket/key)") from None
     if not is_s3_uri(settings.input) and not local_path(settings.input).exists():
         raise UsageError(f"input folder not found: {settings.input}")
     if settings.weights and settings.random_weights is not None:

@@ -45,6 +45,10 @@ def test_config_file_with_cli_winning(tmp_path, suffix):
     (["--input", ".", "--output", "o", "--weights", "w.pt", "--random-weights", "1"], "exclude each other"),
     (["--input", ".", "--output", "o", "--mode", "append"], "invalid choice"),
     (["--input", ".", "--output", "o", "--batch-size", "many"], "invalid int value"),
+    (["--input", "s3://", "--output", "o"], "--input: S3 URI without a bucket: 's3://'"),
+    (["--input", "s3:///dogs/", "--output", "o"], "--input: S3 URI without a bucket"),
+    (["--input", ".", "--output", "s3a:///runs/1"], "--output: S3 URI without a bucket"),
+    (["--input", ".", "--output", "o", "--weights", "s3://"], "--weights: S3 URI without a bucket"),
 ])
 def test_bad_arguments_raise_usage_error(argv, message):
     with pytest.raises(UsageError, match=message):
