@@ -21,7 +21,7 @@ from typing import Iterable, Iterator, Optional
 import pandas as pd
 from botocore.exceptions import BotoCoreError, ClientError
 
-from udfs.labels import truth_from_folder
+from udfs.labels import WNID, truth_from_folder
 from udfs.schema import IMAGES_SCHEMA
 from udfs.settings import S3Options, Settings
 from udfs.storage import is_s3_uri, local_path, s3_client, split_s3_uri
@@ -76,12 +76,18 @@ def build_listing(
 
 
 def read_label_map(path: str) -> dict[str, str]:
-    """CSV `label,wnid` -> {label: wnid}."""
+    """CSV `label,wnid` -> {label: wnid}; every wnid a WordNet id (`n02123045`), not a name."""
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
         if not reader.fieldnames or not {"label", "wnid"} <= set(reader.fieldnames):
             raise ListingError(f"label map {path} needs the columns label,wnid")
-        return {row["label"]: row["wnid"] for row in reader}
+        mapping = {row["label"]: (row["wnid"] or "").strip() for row in reader}
+    wrong = sorted({wnid for wnid in mapping.values() if not WNID.fullmatch(wnid)})
+    if wrong:
+        raise ListingError(f"label map {path}: {', '.join(map(repr, wrong[:5]))} "
+                           f"{'is not a WordNet id' if len(wrong) == 1 else 'are not WordNet ids'} "
+                           "(n followed by 8 digits, e.g. n02123045 for tabby cat)")
+    return mapping
 
 
 def list_local(root: str) -> Iterator[tuple[str, int]]:

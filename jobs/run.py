@@ -31,7 +31,8 @@ from jobs.report import write_run_report
 from jobs.resume import chunks, pending_images
 from jobs.spark_session import configure_session, scoring_partitions, scoring_profile
 from jobs.summary import build_summary
-from udfs.model import resolve_weights
+from udfs.labels import ClassNames
+from udfs.model import default_weights, resolve_weights
 from udfs.schema import IMAGES_SCHEMA, SCORED_SCHEMA
 from udfs.scoring_udf import make_score_fn
 from udfs.settings import Settings
@@ -65,6 +66,12 @@ def ship_weights(spark: SparkSession, settings: Settings) -> Settings:
     return settings.with_weights_source(source)
 
 
+def truth_unknown_to_model(model_name: str, images) -> list[str]:
+    """The listed truths (wnids) the model cannot predict: their images count as without truth."""
+    names = ClassNames.for_categories(default_weights(model_name).meta["categories"])
+    return sorted(wnid for wnid in set(images["wnid"].dropna()) if not names.knows(wnid))
+
+
 def score_images(spark: SparkSession, settings: Settings, images, task_log,
                  profile: Optional[ResourceProfile] = None) -> DataFrame:
     """The lazy predictions DataFrame: paths spread over the slots, scored by the UDF (on `profile`)."""
@@ -91,6 +98,10 @@ def run_job(spark: SparkSession, settings: Settings, listing: Listing,
     prepare_output(spark, paths, settings.mode, settings.resume)
     pending, resumed_run_id = pending_images(spark, paths, settings, listing.images)
     settings = settings.with_run_id(resumed_run_id or settings.run_id or new_run_id())
+    unknown_truth = truth_unknown_to_model(settings.model, listing.images)
+    if unknown_truth:
+        log.warning("%d listed class(es) are not among %s's classes, so their images count in no accuracy: %s",
+                    len(unknown_truth), settings.model, ", ".join(unknown_truth[:10]))
     timings["weights"] = time.perf_counter() - started
 
     step = time.perf_counter()
@@ -119,6 +130,7 @@ def run_job(spark: SparkSession, settings: Settings, listing: Listing,
              "kept_from_earlier_attempt": len(listing.images) - len(pending)},
             list(task_log.value),
             timings,
+            unknown_truth,
             {"version": spark.version, "master": spark.sparkContext.master,
              "default_parallelism": spark.sparkContext.defaultParallelism},
             outputs,

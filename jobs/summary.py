@@ -51,6 +51,7 @@ def build_summary(
     listing_counts: dict[str, int],
     task_records: list[dict[str, Any]],
     timings: dict[str, float],
+    unknown_truth: list[str],
     spark_info: dict[str, Any],
     outputs: dict[str, str],
 ) -> dict[str, Any]:
@@ -62,6 +63,9 @@ def build_summary(
     if totals["with_truth"] == 0:
         accuracy_note = ("no image had a known truth (folders are not named <wnid>-<Breed> and no "
                          "--label-map was given, or the model's classes are not ImageNet-1k)")
+    elif unknown_truth:
+        accuracy_note = (f"{len(unknown_truth)} listed class(es) are not among the model's classes; their "
+                         "images count in no accuracy (truth_not_in_model)")
     summary = {
         "run_id": settings.run_id,
         "status": "complete",
@@ -78,7 +82,8 @@ def build_summary(
         "counts": {**listing_counts, "images": images, "scored": totals["scored"], "errors": totals["errors"],
                    "with_truth": totals["with_truth"]},
         "errors_by_kind": totals["errors_by_kind"],
-        "accuracy": {"top1": totals["top1_accuracy"], "top5": totals["top5_accuracy"], "note": accuracy_note},
+        "accuracy": {"top1": totals["top1_accuracy"], "top5": totals["top5_accuracy"], "note": accuracy_note,
+                     "truth_not_in_model": unknown_truth},
         "timing_s": {**{k: round(v, 3) for k, v in timings.items()},
                      "inference": round(inference_s, 3) if inference_s is not None else None,
                      "model_build_max": round(max((r.get("model_build_seconds", 0.0) for r in task_records),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.listing import ListingError, build_listing, list_local, list_s3
+from jobs.listing import ListingError, build_listing, list_local, list_s3, read_label_map
 from tests.conftest import s3_client_for
 from udfs.settings import S3Options
 
@@ -28,6 +28,16 @@ def test_build_listing_parses_truth_and_skips_non_images():
 def test_label_map_gives_truth_to_plain_folders():
     listing = build_listing([("/d/cats/a.jpg", 1), ("/d/dogs/b.jpg", 1)], label_map={"cats": "n02123045"})
     assert listing.images.set_index("label")["wnid"].to_dict() == {"cats": "n02123045", "dogs": None}
+
+
+def test_label_map_values_must_be_wordnet_ids(tmp_path):
+    good = tmp_path / "good.csv"
+    good.write_text("label,wnid\ncats,n02123045\n")
+    assert read_label_map(str(good)) == {"cats": "n02123045"}
+    names = tmp_path / "names.csv"
+    names.write_text("label,wnid\ncats,tabby cat\ndogs,n02085620\n")
+    with pytest.raises(ListingError, match="'tabby cat' is not a WordNet id"):
+        read_label_map(str(names))
 
 
 def test_limit_keeps_the_first_paths_in_order():
@@ -67,3 +77,12 @@ def test_s3_listing_paginates_and_keeps_odd_keys(s3_server, tmp_path):
 def test_missing_bucket_is_a_listing_error(s3_server):
     with pytest.raises(ListingError, match="NoSuchBucket"):
         list_s3("s3://no-such-bucket/x/", S3Options(endpoint_url=s3_server, max_attempts=1))
+
+
+def test_listed_truths_the_model_cannot_predict():
+    """Reported by the run (a warning, summary.json's accuracy.truth_not_in_model)."""
+    from jobs.run import truth_unknown_to_model
+
+    images = build_listing([("/d/n02085620-Chihuahua/a.jpg", 1), ("/d/n99999999-Fake/b.jpg", 1),
+                            ("/d/cats/c.jpg", 1)]).images
+    assert truth_unknown_to_model("mobilenet_v3_small", images) == ["n99999999"]

@@ -53,6 +53,20 @@ def test_a_broken_image_is_one_error_row_and_the_rest_are_scored(sample_images, 
         assert row.pred_prob == pytest.approx(float(probs.max()), abs=1e-4)
 
 
+def test_a_truth_the_model_cannot_predict_is_no_truth(sample_images, weights):
+    """A folder wnid outside the model's classes (or a made-up one) counts in no accuracy: its images
+    are not certain mistakes. Images of the model's own classes keep theirs."""
+    files = sample_images.files()[:4]
+    images = frame(files)
+    images.loc[:1, "wnid"] = ["n99999999", "n00000001"]
+    settings = Settings(input=".", output=".", model=MODEL, batch_size=4)
+    predictor = Predictor(settings, torch.device("cpu"), load_model(MODEL, weights, torch.device("cpu"), True))
+    out = predictor(images)
+    assert out["correct"].isna().tolist() == [True, True, False, False]
+    assert out["top5_correct"].isna().tolist() == [True, True, False, False]
+    assert out["wnid"].tolist()[:2] == ["n99999999", "n00000001"]  # the folder's truth is kept as listed
+
+
 def test_stream_of_batches_keeps_order_and_rows(sample_images, weights):
     files = sample_images.files()[:10]
     settings = Settings(input=".", output=".", model=MODEL, batch_size=3)

@@ -18,7 +18,7 @@ def make_summary(random: bool = False) -> dict:
     timings = {"listing": 1.25, "spark_start": 8.0, "weights": 0.5, "score_and_write_predictions": 62.0,
                "aggregate": 3.0, "report": 2.0}
     timings["total"] = sum(timings.values())
-    return build_summary(settings, totals, {"listed": 1200, "skipped_non_image": 4}, records, timings,
+    return build_summary(settings, totals, {"listed": 1200, "skipped_non_image": 4}, records, timings, [],
                          {"version": "4.3.0"}, {"predictions": "/runs/r1/predictions", "report": "/runs/r1/report.html"})
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import importlib.util
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Optional
 
+WNID = re.compile(r"n\d{8}")
 WNID_FOLDER = re.compile(r"^(n\d{8})-(.+)$")
 IMAGENET_CLASSES = 1000
 
@@ -62,6 +63,15 @@ class ClassNames:
 
     def wnid(self, index: int) -> Optional[str]:
         return self.wnids[index] if self.wnids is not None else None
+
+    @cached_property
+    def _wnid_set(self) -> frozenset[str]:
+        return frozenset(self.wnids or ())
+
+    def knows(self, wnid: Optional[str]) -> bool:
+        """Whether the model can predict `wnid` at all: an image whose truth it cannot predict has
+        no known truth for it (counted in no accuracy), rather than a certain mistake."""
+        return wnid is not None and wnid in self._wnid_set
 
     def label(self, index: int) -> str:
         return self.labels[index]

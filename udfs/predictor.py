@@ -257,7 +257,7 @@ class Predictor:
             values, indices = result
             best = int(indices[0])
             pred_wnid = self.names.wnid(best)
-            known = wnid is not None and pred_wnid is not None
+            known = self.names.knows(wnid)
             top5_wnids = {self.names.wnid(int(i)) for i in indices[:5]}
             columns["pred_index"].append(best)
             columns["pred_wnid"].append(pred_wnid)
