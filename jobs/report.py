@@ -132,7 +132,7 @@ def per_breed_table(per_class: pd.DataFrame) -> str:
     rows = []
     for row in view.itertuples():
         confused = row.most_confused_with
-        confused_text = f"{confused['label']} ({confused['count']})" if confused else ""
+        confused_text = f"{confused['label']} ({int(confused['count']):,})" if confused else ""
         rows.append(
             f'<tr data-wnid="{html.escape(str(row.wnid or ""))}">'
             + _cell(row.label) + _cell(row.wnid or "")

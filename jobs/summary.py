@@ -151,7 +151,8 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     ]
     if accuracy.get("note"):
         rows.append(("accuracy note", accuracy["note"]))
-    rows.append(("images/s", f"{rate['inference']} inference, {rate['end_to_end']} end to end"))
+    rates = {name: "n/a" if value is None else value for name, value in rate.items()}  # nothing scored: no rate
+    rows.append(("images/s", f"{rates['inference']} inference, {rates['end_to_end']} end to end"))
     rows.append(("wall time", wall_time_text(summary["timing_s"])))
     rows += [(name.replace("_", " "), str(uri)) for name, uri in summary["outputs"].items()]
     return rows
@@ -175,7 +176,8 @@ def format_per_class(table: pd.DataFrame, limit: Optional[int] = None) -> str:
     view = table.copy()
     confusions = [c.asDict() if hasattr(c, "asDict") else c for c in view["most_confused_with"]]
     view["confused_with"] = [
-        f"{c['label']} ({c['count']})" if isinstance(c, dict) and c.get("label") else "" for c in confusions
+        # int(): a struct column read back with nulls in it can bring its counts as floats
+        f"{c['label']} ({int(c['count']):,})" if isinstance(c, dict) and c.get("label") else "" for c in confusions
     ]
     view = view.sort_values(["top1_accuracy", "label"], na_position="last")
     columns = ["wnid", "label", "n_images", "n_errors", "top1_accuracy", "top5_accuracy", "mean_pred_prob", "confused_with"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from jobs.summary import build_summary, format_summary, summary_rows
+import pandas as pd
+
+from jobs.summary import build_summary, format_per_class, format_summary, summary_rows
 from udfs.settings import Settings, WeightsSource
 
 
@@ -43,3 +45,19 @@ def test_printed_summary_is_an_aligned_table_with_the_banner_first_when_random()
     columns = {len(line) - len(line[line.index("  "):].lstrip()) for line in lines[3:]}
     assert len(columns) == 1, "values start in one column"
     assert "RANDOM" not in format_summary(make_summary()).splitlines()[0]
+
+
+def test_a_run_that_scored_nothing_has_no_rate():
+    summary = make_summary()
+    summary["images_per_s"] = {"inference": None, "end_to_end": 0.2}  # --resume with nothing left to score
+    assert dict(summary_rows(summary))["images/s"] == "n/a inference, 0.2 end to end"
+
+
+def test_confusion_counts_print_as_whole_numbers():
+    """A struct column read back with a null in it can bring its counts as floats (9.0)."""
+    table = pd.DataFrame({"wnid": ["n02085620", None], "label": ["Chihuahua", "cats"], "n_images": [10, 2],
+                          "n_errors": [0, 0], "top1_accuracy": [0.1, None], "top5_accuracy": [0.5, None],
+                          "mean_pred_prob": [0.3, 0.4],
+                          "most_confused_with": [{"wnid": "n01491361", "label": "tiger shark", "count": 9.0}, None]})
+    text = format_per_class(table)
+    assert "tiger shark (9)" in text and "9.0" not in text
