@@ -104,7 +104,9 @@ def format_plan(settings: Settings, listing: Listing, master: str, slots: Slots)
         f"input {settings.input}",
         f"images {n:,} in {len(counts):,} classes ({listing.total_images:,} listed"
         + (f", --limit {settings.limit}" if settings.limit else "")
-        + f"; {listing.skipped_non_image:,} non-image objects skipped)",
+        + f"; {listing.skipped_non_image:,} non-image objects skipped"
+        + (f", {listing.skipped_in_output:,} files of the output inside the input left out"
+           if listing.skipped_in_output else "") + ")",
     ]
     unknown = int(images["wnid"].isna().sum())
     if unknown:

@@ -14,7 +14,7 @@ import csv
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator, Optional
 
@@ -41,6 +41,7 @@ class Listing:
     images: pd.DataFrame  # columns of IMAGES_SCHEMA, sorted by path
     skipped_non_image: int
     total_images: int  # before --limit
+    skipped_in_output: int = 0  # files of OUTPUT when it lies inside INPUT
 
 
 def list_images(settings: Settings) -> Listing:
@@ -49,7 +50,40 @@ def list_images(settings: Settings) -> Listing:
     else:
         entries = list_local(settings.input)
     label_map = read_label_map(settings.label_map) if settings.label_map else None
-    return build_listing(entries, label_map, settings.limit)
+    inside = output_inside_input(settings.input, settings.output)
+    if inside is None:
+        return build_listing(entries, label_map, settings.limit)
+    kept, left_out = [], 0
+    for path, size in entries:
+        if location(path, resolve=False).startswith(inside):
+            left_out += 1
+        else:
+            kept.append((path, size))
+    if left_out:
+        log.info("left out %d file(s) under --output %s, which lies inside --input", left_out, settings.output)
+    return replace(build_listing(kept, label_map, settings.limit), skipped_in_output=left_out)
+
+
+def location(uri: str, resolve: bool = True) -> str:
+    """What a path or URI points at, scheme aside: `bucket/key` for S3 (s3, s3a, s3n name the
+    same object), the absolute path for a local one (resolved, unless it comes from `list_local`,
+    whose paths are absolute below the resolved input folder already)."""
+    if is_s3_uri(uri):
+        bucket, key = split_s3_uri(uri)
+        return f"{bucket}/{key}"
+    return str(local_path(uri).resolve()) if resolve else uri
+
+
+def output_inside_input(input_uri: str, output_uri: str) -> Optional[str]:
+    """`location(OUTPUT) + "/"` when OUTPUT lies inside INPUT, else None. Then a run's own files
+    (its Parquet, its charts) would be listed as input by the next run into the same OUTPUT, and
+    `--mode overwrite` would delete some of them after the listing: they are left out."""
+    both_s3 = is_s3_uri(input_uri) and is_s3_uri(output_uri)
+    both_local = not is_s3_uri(input_uri) and (output_uri.startswith("file:") or "://" not in output_uri)
+    if not (both_s3 or both_local):
+        return None
+    inner = location(output_uri).rstrip("/") + "/"
+    return inner if inner.startswith(location(input_uri).rstrip("/") + "/") else None
 
 
 def build_listing(

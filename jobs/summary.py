@@ -144,7 +144,9 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("devices", f"{', '.join(summary['devices']) or 'n/a'}: {len(summary['workers'])} Python worker(s), "
                     f"{summary['model_builds']} model build(s)"),
         ("images", f"{counts['images']:,}: {counts['scored']:,} scored, {counts['errors']:,} errors "
-                   f"({counts.get('skipped_non_image', 0):,} non-image objects skipped)"),
+                   f"({counts.get('skipped_non_image', 0):,} non-image objects skipped"
+                   + (f", {counts['skipped_in_output']:,} files of the output inside the input left out"
+                      if counts.get("skipped_in_output") else "") + ")"),
         ("errors by kind", ", ".join(f"{k} {v:,}" for k, v in errors.items()) if errors else "none"),
         ("top-1 accuracy", f"{_pct(accuracy['top1'])} over {counts['with_truth']:,} images with a known truth"),
         ("top-5 accuracy", _pct(accuracy["top5"])),

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from jobs.listing import ListingError, build_listing, list_local, list_s3, read_label_map
+from jobs.listing import (ListingError, build_listing, list_images, list_local, list_s3, output_inside_input,
+                          read_label_map)
 from tests.conftest import s3_client_for
 from udfs.settings import S3Options
 
@@ -86,3 +89,34 @@ def test_listed_truths_the_model_cannot_predict():
     images = build_listing([("/d/n02085620-Chihuahua/a.jpg", 1), ("/d/n99999999-Fake/b.jpg", 1),
                             ("/d/cats/c.jpg", 1)]).images
     assert truth_unknown_to_model("mobilenet_v3_small", images) == ["n99999999"]
+
+
+@pytest.mark.parametrize("input_uri, output_uri, inside", [
+    ("s3://b/dogs/", "s3a://b/dogs/runs/1", "b/dogs/runs/1/"),
+    ("s3://b/dogs", "s3://b/dogs-runs/1", None),  # a sibling prefix, not inside
+    ("s3://b/dogs/", "s3://other/dogs/runs", None),
+    ("s3://b/", "s3://b/runs/", "b/runs/"),
+    ("s3://b/dogs/", "/local/runs", None),
+])
+def test_output_inside_input_on_s3(input_uri, output_uri, inside):
+    assert output_inside_input(input_uri, output_uri) == inside
+
+
+def test_a_run_inside_its_input_folder_is_not_listed_as_input(tmp_path):
+    """A second run into the same OUTPUT (inside INPUT) would list the first run's charts as images,
+    and --mode overwrite would then delete them after the listing: not-found error rows."""
+    from jobs.cli import parse_settings
+
+    images = tmp_path / "in" / "n02085620-Chihuahua"
+    images.mkdir(parents=True)
+    (images / "a.jpg").write_bytes(b"x")
+    charts = tmp_path / "in" / "run" / "charts"
+    charts.mkdir(parents=True)
+    (charts / "accuracy.png").write_bytes(b"x")
+    (tmp_path / "in" / "runs-elsewhere.png").write_bytes(b"x")  # shares the prefix, not the folder
+    settings = parse_settings(["--input", str(tmp_path / "in"), "--output", f"file://{tmp_path}/in/run/"])
+    listing = list_images(settings)
+    assert sorted(Path(p).name for p in listing.images["path"]) == ["a.jpg", "runs-elsewhere.png"]
+    assert listing.skipped_in_output == 1
+    elsewhere = parse_settings(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")])
+    assert list_images(elsewhere).skipped_in_output == 0
