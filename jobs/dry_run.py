@@ -106,7 +106,9 @@ def format_plan(settings: Settings, listing: Listing, master: str, slots: Slots)
         + (f", --limit {settings.limit}" if settings.limit else "")
         + f"; {listing.skipped_non_image:,} non-image objects skipped"
         + (f", {listing.skipped_in_output:,} files of the output inside the input left out"
-           if listing.skipped_in_output else "") + ")",
+           if listing.skipped_in_output else "")
+        + (f", {listing.skipped_bad_name:,} images with names that are not UTF-8 left out"
+           if listing.skipped_bad_name else "") + ")",
     ]
     unknown = int(images["wnid"].isna().sum())
     if unknown:

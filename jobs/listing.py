@@ -42,6 +42,7 @@ class Listing:
     skipped_non_image: int
     total_images: int  # before --limit
     skipped_in_output: int = 0  # files of OUTPUT when it lies inside INPUT
+    skipped_bad_name: int = 0  # image files whose local names are not UTF-8
 
 
 def list_images(settings: Settings) -> Listing:
@@ -90,23 +91,40 @@ def build_listing(
     entries: Iterable[tuple[str, int]], label_map: Optional[dict[str, str]] = None, limit: Optional[int] = None
 ) -> Listing:
     """(path, size) pairs -> the images table (truth parsed from folder names)."""
-    rows, skipped = [], 0
+    rows, skipped, bad_names = [], 0, []
     for path, size in entries:
         pure = PurePosixPath(path)
         if pure.suffix.lower() not in IMAGE_EXTENSIONS:
             skipped += 1
             continue
+        if not is_utf8(path):
+            bad_names.append(path)
+            continue
         wnid, label = truth_from_folder(pure.parent.name)
         if wnid is None and label_map is not None:
             wnid = label_map.get(label)
         rows.append((path, pure.stem, wnid, label, size))
+    if bad_names:
+        log.warning("left out %d image file(s) whose names are not UTF-8 (Spark's strings cannot carry them; "
+                    "rename them to score them): %s", len(bad_names),
+                    ", ".join(repr(os.fsencode(name)) for name in bad_names[:3]))
     if not rows:
         raise ListingError(f"no images found ({skipped} other objects skipped)")
     images = pd.DataFrame(rows, columns=IMAGES_SCHEMA.fieldNames()).sort_values("path", ignore_index=True)
+    images["size_bytes"] = images["size_bytes"].astype("Int64")  # a dangling link has none
     total = len(images)
     if limit is not None:
         images = images.head(limit).reset_index(drop=True)
-    return Listing(images=images, skipped_non_image=skipped, total_images=total)
+    return Listing(images=images, skipped_non_image=skipped, total_images=total, skipped_bad_name=len(bad_names))
+
+
+def is_utf8(path: str) -> bool:
+    """False for a local name that is not valid UTF-8 (Python holds its bytes as surrogates)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def read_label_map(path: str) -> dict[str, str]:
@@ -124,20 +142,36 @@ def read_label_map(path: str) -> dict[str, str]:
     return mapping
 
 
-def list_local(root: str) -> Iterator[tuple[str, int]]:
-    """Absolute paths and sizes of every file under `root` (symlinked folders not followed)."""
+def list_local(root: str) -> Iterator[tuple[str, Optional[int]]]:
+    """Absolute paths and sizes of every file under `root`.
+
+    Symlinked folders are followed (a dataset linked in class by class keeps its class names:
+    paths go through the link), each real folder once, so a link back up the tree is no loop
+    (folders are walked in name order, so which name a folder reached twice is listed under does
+    not depend on the filesystem's order). A link to nothing is listed with no size: an image
+    name becomes a `not_found` error row at scoring, as a file deleted after the listing would,
+    instead of vanishing uncounted."""
     base = local_path(root)
     if not base.is_dir():
         raise ListingError(f"input folder not found: {root}")
     stack = [base.resolve()]
+    seen = {os.path.realpath(stack[0])}
     while stack:
         folder = stack.pop()
         with os.scandir(folder) as scan:
-            for entry in scan:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(Path(entry.path))
-                elif entry.is_file():
-                    yield entry.path, entry.stat().st_size
+            entries = sorted(scan, key=lambda entry: entry.name)
+        subfolders = []
+        for entry in entries:
+            if entry.is_dir():
+                real = os.path.realpath(entry.path)
+                if real not in seen:
+                    seen.add(real)
+                    subfolders.append(Path(entry.path))
+            elif entry.is_file():
+                yield entry.path, entry.stat().st_size
+            elif entry.is_symlink() and not os.path.exists(entry.path):
+                yield entry.path, None
+        stack.extend(reversed(subfolders))  # the first name is walked first
 
 
 def list_s3(uri: str, options: S3Options) -> list[tuple[str, int]]:

@@ -146,7 +146,9 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("images", f"{counts['images']:,}: {counts['scored']:,} scored, {counts['errors']:,} errors "
                    f"({counts.get('skipped_non_image', 0):,} non-image objects skipped"
                    + (f", {counts['skipped_in_output']:,} files of the output inside the input left out"
-                      if counts.get("skipped_in_output") else "") + ")"),
+                      if counts.get("skipped_in_output") else "")
+                   + (f", {counts['skipped_bad_name']:,} images with names that are not UTF-8 left out"
+                      if counts.get("skipped_bad_name") else "") + ")"),
         ("errors by kind", ", ".join(f"{k} {v:,}" for k, v in errors.items()) if errors else "none"),
         ("top-1 accuracy", f"{_pct(accuracy['top1'])} over {counts['with_truth']:,} images with a known truth"),
         ("top-5 accuracy", _pct(accuracy["top5"])),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,31 @@ def test_a_run_inside_its_input_folder_is_not_listed_as_input(tmp_path):
     assert listing.skipped_in_output == 1
     elsewhere = parse_settings(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")])
     assert list_images(elsewhere).skipped_in_output == 0
+
+
+def test_local_listing_follows_folder_links_once_and_keeps_dangling_links(tmp_path):
+    dataset = tmp_path / "elsewhere" / "chihuahuas"
+    dataset.mkdir(parents=True)
+    (dataset / "a.jpg").write_bytes(b"abc")
+    root = tmp_path / "in"
+    (root / "n02088364-beagle").mkdir(parents=True)
+    (root / "n02088364-beagle" / "b.jpg").write_bytes(b"abcd")
+    (root / "n02085620-Chihuahua").symlink_to(dataset)  # a class linked in from elsewhere
+    (root / "n02085620-Chihuahua-again").symlink_to(dataset)  # the same folder under a second name
+    (root / "n02088364-beagle" / "up").symlink_to(root)  # a loop
+    (root / "n02088364-beagle" / "gone.jpg").symlink_to(tmp_path / "no-such-file.jpg")
+    listed = dict(list_local(str(root)))
+    assert listed == {f"{root}/n02085620-Chihuahua/a.jpg": 3, f"{root}/n02088364-beagle/b.jpg": 4,
+                      f"{root}/n02088364-beagle/gone.jpg": None}
+    images = build_listing(listed.items()).images.set_index("image_id")
+    assert images.loc["a", "wnid"] == "n02085620"  # the class from the link's name
+    assert images["size_bytes"].isna().tolist() == [False, False, True]
+
+
+def test_names_that_are_not_utf8_are_left_out_and_counted(tmp_path):
+    folder = tmp_path / "n02085620-Chihuahua"
+    folder.mkdir()
+    (folder / "good.jpg").write_bytes(b"x")
+    (folder / os.fsdecode(b"bad\xff\xfe.jpg")).write_bytes(b"x")
+    listing = build_listing(list_local(str(tmp_path)))
+    assert listing.images["image_id"].tolist() == ["good"] and listing.skipped_bad_name == 1
