@@ -155,7 +155,14 @@ def test_kubernetes_submit_and_pod_template():
     # A selector on a label that only GPU feature discovery sets leaves pods Pending on clusters with
     # the device plugin alone; the nvidia.com/gpu limit Spark adds already picks GPU nodes.
     assert "nodeSelector" not in pod["spec"]
+    assert confs["spark.driver.memory"] == "4g"  # the driver imports torch and draws the report
     dockerfile = (CONF / "k8s" / "Dockerfile").read_text()
+    # the build context is the repository: .dockerignore lets in only what the Dockerfile copies
+    allowed = [line for line in (PROJECT_ROOT / ".dockerignore").read_text().splitlines()
+               if line and not line.startswith("#")]
+    assert allowed[0] == "*" and set(allowed[1:]) == {"!dist/", "!conf/getGpusResources.sh"}
+    for source in re.findall(r"^COPY (.+) \S+$", dockerfile, flags=re.M):
+        assert all(part.startswith(("dist/", "conf/getGpusResources.sh")) for part in source.split()), source
     assert f"COPY dist/infer_dogs.py {job_entry(args).removeprefix('local://')}" in dockerfile
     assert f"COPY conf/getGpusResources.sh {confs['spark.executor.resource.gpu.discoveryScript']}" in dockerfile
 

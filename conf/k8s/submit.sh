@@ -24,6 +24,7 @@ command=(
   --conf "spark.kubernetes.authenticate.driver.serviceAccountName=$SERVICE_ACCOUNT"
   --conf "spark.kubernetes.executor.podTemplateFile=$here/gpu-executor-pod-template.yaml"
   --conf "spark.executor.instances=$EXECUTORS"
+  --conf spark.driver.memory=4g
   --conf spark.executor.cores=4
   --conf spark.executor.memory=4g
   --conf spark.executor.memoryOverhead=12g
