@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 LISTING_THREADS = 16
+URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 
 class ListingError(Exception):
@@ -80,7 +82,8 @@ def output_inside_input(input_uri: str, output_uri: str) -> Optional[str]:
     (its Parquet, its charts) would be listed as input by the next run into the same OUTPUT, and
     `--mode overwrite` would delete some of them after the listing: they are left out."""
     both_s3 = is_s3_uri(input_uri) and is_s3_uri(output_uri)
-    both_local = not is_s3_uri(input_uri) and (output_uri.startswith("file:") or "://" not in output_uri)
+    # a local OUTPUT: a plain path or file:, not dbfs:/, hdfs://, /Volumes on another filesystem ...
+    both_local = not is_s3_uri(input_uri) and (output_uri.startswith("file:") or not URI_SCHEME.match(output_uri))
     if not (both_s3 or both_local):
         return None
     inner = location(output_uri).rstrip("/") + "/"

@@ -98,6 +98,8 @@ def test_listed_truths_the_model_cannot_predict():
     ("s3://b/dogs/", "s3://other/dogs/runs", None),
     ("s3://b/", "s3://b/runs/", "b/runs/"),
     ("s3://b/dogs/", "/local/runs", None),
+    (".", "dbfs:/runs/1", None),  # another filesystem, whatever the local folder
+    (".", "hdfs:///runs/1", None),
 ])
 def test_output_inside_input_on_s3(input_uri, output_uri, inside):
     assert output_inside_input(input_uri, output_uri) == inside
