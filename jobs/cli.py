@@ -259,6 +259,8 @@ def validate(settings: Settings) -> None:
         raise UsageError(f"input folder not found: {settings.input}")
     if settings.weights and settings.random_weights is not None:
         raise UsageError("--weights and --random-weights exclude each other")
+    if settings.weights and not is_s3_uri(settings.weights) and not local_path(settings.weights).is_file():
+        raise UsageError(f"weights file not found: {settings.weights}")
     if settings.label_map and not Path(settings.label_map).is_file():
         raise UsageError(f"label map not found: {settings.label_map}")
     positive = ("top_k", "decode_threads", "tasks_per_slot", "max_image_bytes")

@@ -30,7 +30,7 @@ from pyspark.sql import SparkSession
 from jobs.commands import is_subcommand
 from jobs.dry_run import dry_run
 from jobs.listing import ListingError, list_images
-from jobs.outputs import OutputExistsError, OutputNotWritableError
+from jobs.outputs import OutputExistsError, OutputNotWritableError, refuse_local_run_before_spark
 from jobs.spark_session import GpuSchedulingError, start_spark
 from jobs.summary import format_per_class, format_summary
 from udfs.errors import WeightsError
@@ -95,7 +95,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             validate_model(settings)
             print(dry_run(settings, listing))
             return 0
-    except (UsageError, ListingError) as exc:
+        refuse_local_run_before_spark(settings.input, settings.output, settings.mode, settings.resume)
+    except (UsageError, ListingError, OutputExistsError) as exc:
         print(f"infer-dogs: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     log.info("listed %d images (%d non-image objects skipped)", len(listing.images), listing.skipped_non_image)

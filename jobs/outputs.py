@@ -153,15 +153,36 @@ def prepare_output(spark: SparkSession, paths: RunPaths, mode: str, resume: bool
     if not existing:
         return
     if mode == "error":
-        incomplete = paths.summary not in existing
-        raise OutputExistsError(
-            f"{paths.root} already holds {'an incomplete' if incomplete else 'a'} run "
-            f"({', '.join(e.rsplit('/', 1)[1] for e in existing)}); "
-            + ("use --resume to finish it, " if incomplete else "")
-            + "use --mode overwrite to replace it or choose another --output"
-        )
+        refuse_existing_run(paths, existing)
     for uri in existing:
         files.delete(uri)
+
+
+def refuse_existing_run(paths: RunPaths, existing: list[str]) -> None:
+    """OutputExistsError naming what OUTPUT holds (`existing`, a non-empty part of paths.entries())."""
+    incomplete = paths.summary not in existing
+    raise OutputExistsError(
+        f"{paths.root} already holds {'an incomplete' if incomplete else 'a'} run "
+        f"({', '.join(e.rsplit('/', 1)[1] for e in existing)}); "
+        + ("use --resume to finish it, " if incomplete else "")
+        + "use --mode overwrite to replace it or choose another --output"
+    )
+
+
+def refuse_local_run_before_spark(input_uri: str, output: str, mode: str, resume: bool) -> None:
+    """The same refusal as `prepare_output`'s, made before Spark starts (10-15 s sooner) where
+    OUTPUT is on this machine: a `file:` URI, or a plain path beside a local INPUT (on a cluster a
+    plain path may name the cluster's filesystem instead; there `prepare_output` answers)."""
+    from udfs.storage import is_s3_uri, local_path
+
+    local = output.startswith("file:") or (not is_s3_uri(input_uri) and ":" not in output.split("/", 1)[0])
+    if mode != "error" or resume or not local:
+        return
+    paths = RunPaths(output)
+    existing = [uri for uri in paths.entries() if local_path(uri).exists()]
+    existing.sort(key=lambda uri: uri != paths.summary)
+    if existing:
+        refuse_existing_run(paths, existing)
 
 
 def write_parquet(frame: DataFrame, uri: str) -> None:

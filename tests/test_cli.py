@@ -49,6 +49,7 @@ def test_config_file_with_cli_winning(tmp_path, suffix):
     (["--input", "s3:///dogs/", "--output", "o"], "--input: S3 URI without a bucket"),
     (["--input", ".", "--output", "s3a:///runs/1"], "--output: S3 URI without a bucket"),
     (["--input", ".", "--output", "o", "--weights", "s3://"], "--weights: S3 URI without a bucket"),
+    (["--input", ".", "--output", "o", "--weights", "/no/such/weights.pt"], "weights file not found: /no/such/"),
 ])
 def test_bad_arguments_raise_usage_error(argv, message):
     with pytest.raises(UsageError, match=message):
@@ -182,3 +183,21 @@ def test_an_output_that_cannot_be_written_is_refused_before_scoring(spark, sampl
     assert line.startswith(f"infer-dogs: error: cannot write to --output {tmp_path / blocked}: org.apache.hadoop")
     assert error.rstrip().endswith(line) and "Traceback" not in error
     assert (tmp_path / "a-file").read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("output_form", ["plain", "file-uri"])
+def test_a_local_output_holding_a_run_is_refused_before_spark(sample_images, tmp_path, monkeypatch, capsys,
+                                                             output_form):
+    run = tmp_path / "run"
+    (run / "predictions").mkdir(parents=True)
+    (run / "summary.json").write_text("{}")
+    monkeypatch.setattr(jobs.infer_dogs, "start_spark", lambda settings: pytest.fail("Spark was started"))
+    output = str(run) if output_form == "plain" else f"file://{run}"
+    argv = ["--input", str(sample_images.images_dir), "--output", output, "--random-weights", "0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"infer-dogs: error: {output} already holds a run (summary.json, predictions); use --mode "
+                   "overwrite to replace it or choose another --output"]
+    (run / "summary.json").unlink()  # a killed run: the message names --resume
+    assert main(argv) == 2
+    assert "already holds an incomplete run (predictions); use --resume to finish it" in capsys.readouterr().err
