@@ -21,7 +21,7 @@ from typing import Callable, Optional
 
 import pandas as pd
 
-from jobs.listing import Listing
+from jobs.listing import Listing, left_out_text
 from udfs.settings import Settings
 
 LOCAL_MASTER = re.compile(r"^local(?:\[(\*|\d+)(?:\s*,\s*\d+)?\])?$")
@@ -104,11 +104,7 @@ def format_plan(settings: Settings, listing: Listing, master: str, slots: Slots)
         f"input {settings.input}",
         f"images {n:,} in {len(counts):,} classes ({listing.total_images:,} listed"
         + (f", --limit {settings.limit}" if settings.limit else "")
-        + f"; {listing.skipped_non_image:,} non-image objects skipped"
-        + (f", {listing.skipped_in_output:,} files of the output inside the input left out"
-           if listing.skipped_in_output else "")
-        + (f", {listing.skipped_bad_name:,} images with names that are not UTF-8 left out"
-           if listing.skipped_bad_name else "") + ")",
+        + f"; {left_out_text(listing.skipped_non_image, listing.skipped_in_output, listing.skipped_bad_name)})",
     ]
     unknown = int(images["wnid"].isna().sum())
     if unknown:

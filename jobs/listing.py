@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
@@ -25,13 +24,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 from udfs.labels import WNID, truth_from_folder
 from udfs.schema import IMAGES_SCHEMA
 from udfs.settings import S3Options, Settings
-from udfs.storage import is_s3_uri, local_path, s3_client, split_s3_uri
+from udfs.storage import is_local_uri, is_s3_uri, local_path, s3_client, split_s3_uri
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 LISTING_THREADS = 16
-URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 
 class ListingError(Exception):
@@ -67,6 +65,13 @@ def list_images(settings: Settings) -> Listing:
     return replace(build_listing(kept, label_map, settings.limit), skipped_in_output=left_out)
 
 
+def left_out_text(non_image: int, in_output: int = 0, bad_name: int = 0) -> str:
+    """What the listing left out, as the summary and the dry run print it."""
+    return (f"{non_image:,} non-image objects skipped"
+            + (f", {in_output:,} files of the output inside the input left out" if in_output else "")
+            + (f", {bad_name:,} images with names that are not UTF-8 left out" if bad_name else ""))
+
+
 def location(uri: str, resolve: bool = True) -> str:
     """What a path or URI points at, scheme aside: `bucket/key` for S3 (s3, s3a, s3n name the
     same object), the absolute path for a local one (resolved, unless it comes from `list_local`,
@@ -82,8 +87,7 @@ def output_inside_input(input_uri: str, output_uri: str) -> Optional[str]:
     (its Parquet, its charts) would be listed as input by the next run into the same OUTPUT, and
     `--mode overwrite` would delete some of them after the listing: they are left out."""
     both_s3 = is_s3_uri(input_uri) and is_s3_uri(output_uri)
-    # a local OUTPUT: a plain path or file:, not dbfs:/, hdfs://, /Volumes on another filesystem ...
-    both_local = not is_s3_uri(input_uri) and (output_uri.startswith("file:") or not URI_SCHEME.match(output_uri))
+    both_local = not is_s3_uri(input_uri) and is_local_uri(output_uri)
     if not (both_s3 or both_local):
         return None
     inner = location(output_uri).rstrip("/") + "/"

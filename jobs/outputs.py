@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from py4j.protocol import Py4JJavaError
 from pyspark.sql import DataFrame, SparkSession
@@ -64,6 +64,11 @@ class RunPaths:
 
     def entries(self) -> tuple[str, ...]:
         return (self.predictions, self.per_class, self.summary, self.report, self.charts)
+
+    def present(self, exists: Callable[[str], bool]) -> list[str]:
+        """The entries that `exists` finds, summary.json first (cleared first: from then on the
+        directory reads as incomplete)."""
+        return sorted((uri for uri in self.entries() if exists(uri)), key=lambda uri: uri != self.summary)
 
 
 class HadoopFiles:
@@ -143,8 +148,7 @@ def prepare_output(spark: SparkSession, paths: RunPaths, mode: str, resume: bool
     `summary.json` goes first: from then on the directory reads as incomplete."""
     files = HadoopFiles(spark)
     files.check_writable(paths.root)
-    existing = [uri for uri in paths.entries() if files.exists(uri)]
-    existing.sort(key=lambda uri: uri != paths.summary)
+    existing = paths.present(files.exists)
     if resume:
         for uri in existing + [f"{paths.predictions}/_temporary"]:
             if uri != paths.predictions:
@@ -173,14 +177,13 @@ def refuse_local_run_before_spark(input_uri: str, output: str, mode: str, resume
     """The same refusal as `prepare_output`'s, made before Spark starts (10-15 s sooner) where
     OUTPUT is on this machine: a `file:` URI, or a plain path beside a local INPUT (on a cluster a
     plain path may name the cluster's filesystem instead; there `prepare_output` answers)."""
-    from udfs.storage import is_s3_uri, local_path
+    from udfs.storage import is_local_uri, is_s3_uri, local_path
 
-    local = output.startswith("file:") or (not is_s3_uri(input_uri) and ":" not in output.split("/", 1)[0])
+    local = output.startswith("file:") or (not is_s3_uri(input_uri) and is_local_uri(output))
     if mode != "error" or resume or not local:
         return
     paths = RunPaths(output)
-    existing = [uri for uri in paths.entries() if local_path(uri).exists()]
-    existing.sort(key=lambda uri: uri != paths.summary)
+    existing = paths.present(lambda uri: local_path(uri).exists())
     if existing:
         refuse_existing_run(paths, existing)
 

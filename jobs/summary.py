@@ -6,6 +6,7 @@ from typing import Any, Iterable, Optional
 
 import pandas as pd
 
+from jobs.listing import left_out_text
 from udfs.settings import Settings
 
 RANDOM_WEIGHTS_WARNING = (
@@ -137,6 +138,8 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     counts, accuracy, rate = summary["counts"], summary["accuracy"], summary["images_per_s"]
     weights = summary["weights"]
     errors = summary["errors_by_kind"]
+    left_out = left_out_text(counts.get("skipped_non_image", 0), counts.get("skipped_in_output", 0),
+                             counts.get("skipped_bad_name", 0))
     rows = [
         ("run", f"{summary['run_id']} ({summary.get('status', 'complete')})"),
         ("model", f"{summary['model']}, weights {weights['description']} (sha256 {str(weights['sha256'])[:12]})"),
@@ -144,11 +147,7 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("devices", f"{', '.join(summary['devices']) or 'n/a'}: {len(summary['workers'])} Python worker(s), "
                     f"{summary['model_builds']} model build(s)"),
         ("images", f"{counts['images']:,}: {counts['scored']:,} scored, {counts['errors']:,} errors "
-                   f"({counts.get('skipped_non_image', 0):,} non-image objects skipped"
-                   + (f", {counts['skipped_in_output']:,} files of the output inside the input left out"
-                      if counts.get("skipped_in_output") else "")
-                   + (f", {counts['skipped_bad_name']:,} images with names that are not UTF-8 left out"
-                      if counts.get("skipped_bad_name") else "") + ")"),
+                   f"({left_out})"),
         ("errors by kind", ", ".join(f"{k} {v:,}" for k, v in errors.items()) if errors else "none"),
         ("top-1 accuracy", f"{_pct(accuracy['top1'])} over {counts['with_truth']:,} images with a known truth"),
         ("top-5 accuracy", _pct(accuracy["top5"])),

@@ -10,6 +10,7 @@ off mid-stream (as many times as `max_attempts`).
 from __future__ import annotations
 
 import io
+import re
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +26,15 @@ from udfs.settings import S3Options
 
 S3_SCHEMES = ("s3", "s3a", "s3n")
 _client_lock = threading.Lock()
+
+
+URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def is_local_uri(uri: str) -> bool:
+    """A path on this machine's filesystem: a plain path or a `file:` URI, not `s3://`, `dbfs:/`,
+    `hdfs://` ... (on a cluster a plain path may still name the cluster's default filesystem)."""
+    return uri.startswith("file:") or not URI_SCHEME.match(uri)
 
 
 def is_s3_uri(uri: str) -> bool:
