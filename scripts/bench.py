@@ -562,8 +562,9 @@ def main() -> int:
                                              env, job_precision, out / f"job-one-copy-{args.model}.log")
             if args.copies >= 4:  # where the plateau is: half the copies against all of them
                 half = work / "data-half"
-                for copy in sorted((work / "data").iterdir())[: args.copies // 2]:  # real folders: listing
-                    shutil.copytree(copy, half / copy.name, symlinks=True)           # does not follow links
+                half.mkdir()
+                for copy in sorted((work / "data").iterdir())[: args.copies // 2]:  # the listing follows
+                    (half / copy.name).symlink_to(copy, target_is_directory=True)    # folder links
                 log("job, half the copies (memory check) ...")
                 result["job_half"] = run_job(str(half), work / "run-half", args, weights, env,
                                              job_precision, out / f"job-half-{args.model}.log")
