@@ -1,4 +1,4 @@
-"""Benchmark infer-dogs against its ceilings and two baselines, on one machine, in one run.
+"""Benchmark infer-dogs against its ceilings and three baselines, on one machine, in one run.
 
     .venv/bin/python scripts/bench.py --images ../shared/data/stanford_dogs_sample --model mobilenet_v3_small --copies 17
     .venv/bin/python scripts/bench.py --images ../shared/data/stanford_dogs_sample --model resnet50 --copies 7 --baselines
@@ -17,11 +17,13 @@ What it measures, on the same images (the tree repeated under `--copies` prefixe
    whole-process wall time; right after the local job, the model ceiling (its best configuration)
    and the decode ceiling again, so that the job's ratio is bracketed by ceilings taken before
    and after it and a machine that drifted during the run shows as such;
-4. baselines, whole-process wall time: the Dask tutorial (per-image delayed tasks, batches of 80,
-   model rebuilt and reloaded per batch, no normalisation, 250 px crop) and the Databricks
-   reference notebook pattern (binaryFile DataFrame, iterator pandas UDF, broadcast state dict,
-   model built per task, torch DataLoader of 64), with the job run again after them, so that the
-   whole-process ratios are bracketed in time as well;
+4. baselines, whole-process wall time (scripts/bench_baselines.py, each as published): the Dask
+   tutorial (per-image delayed tasks, batches of 80, model rebuilt and reloaded per batch, no
+   normalisation, 250 px crop), the Databricks reference notebook pattern (binaryFile DataFrame,
+   iterator pandas UDF, broadcast state dict, model built per task, torch DataLoader of 64) and
+   Spark's own `pyspark.ml.functions.predict_batch_udf` (preprocessed tensors as array columns,
+   model built once per Python worker, batches of 64), with the job run again after them, so
+   that the whole-process ratios are bracketed in time as well;
 5. ratios: job / combined ceiling, where combined = 1 / (1/model + 1/decode) on CPU (both stages
    share the cores) and min(model, decode) when the model runs on a GPU; for the local job also
    against the ceilings measured after it; for the S3 job also against min(combined, read).
@@ -40,7 +42,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import io
 import json
 import multiprocessing as mp
 import os
@@ -66,6 +67,8 @@ from udfs.model import (autocast_to, default_weights, exact_fp32_on_cuda, load_m
 from udfs.storage import read_bytes
 from udfs.settings import S3Options
 
+BASELINES = {"tutorial": "tutorial", "databricks": "databricks",  # scripts/bench_baselines.py, in the table as
+             "predict_batch_udf": "spark predict_batch_udf"}       # "<this> whole process"
 BENCH_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
              "AWS_EC2_METADATA_DISABLED": "true"}
 
@@ -362,92 +365,6 @@ def upload(endpoint: str, files: list[Path], root: Path, bucket: str) -> str:
     return f"s3://{bucket}/bench/"
 
 
-# ---------------------------------------------------------------- baselines ------------------
-def tutorial_baseline(files: list[str], model_name: str, weights: str, workers: int) -> None:
-    """The Dask tutorial, as published: delayed preprocessing per image, batches of 80, and for
-    every batch a new model whose weights are loaded again; top-1 and the probability of row 0."""
-    import dask
-    import torchvision
-    from PIL import Image
-    from torchvision import transforms
-
-    @dask.delayed
-    def preprocess(path):
-        transform = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(250), transforms.ToTensor()])
-        with open(path, "rb") as handle:
-            image = Image.open(io.BytesIO(handle.read())).convert("RGB")
-        return transform(image), path
-
-    @dask.delayed
-    def reformat(batch):
-        return {"tensors": torch.stack([item[0] for item in batch]), "names": [item[1] for item in batch]}
-
-    @dask.delayed
-    def run_batch(item):
-        model = torchvision.models.get_model(model_name, weights=None)
-        model.load_state_dict(torch.load(weights, weights_only=True))
-        model.eval()
-        with torch.no_grad():
-            pred_batch = model(item["tensors"])
-            values, indices = torch.max(pred_batch, 1)
-            prob = torch.nn.functional.softmax(pred_batch, dim=1)[0] * 100  # the tutorial's row-0 bug
-        return [(name, int(i), float(prob[int(i)])) for name, i in zip(item["names"], indices)]
-
-    tensors = [preprocess(path) for path in files]
-    batches = [reformat(tensors[i:i + 80]) for i in range(0, len(tensors), 80)]
-    results = dask.compute(*[run_batch(batch) for batch in batches], scheduler="threads", num_workers=workers)
-    assert sum(len(r) for r in results) == len(files)
-
-
-def databricks_baseline(input_dir: str, output: str, model_name: str, weights: str) -> None:
-    """Databricks' reference pattern: binaryFile DataFrame, broadcast state dict, iterator pandas
-    UDF building the model once per task, DataLoader(batch_size=64) over the bytes."""
-    import torchvision
-    from PIL import Image
-    from pyspark.sql import SparkSession
-    from pyspark.sql.functions import col, pandas_udf
-    from pyspark.sql.types import ArrayType, FloatType
-    from torch.utils.data import DataLoader, Dataset
-    from torchvision import transforms
-
-    spark = SparkSession.builder.appName("databricks-pattern").getOrCreate()
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "64")
-    state = torch.load(weights, weights_only=True)
-    bc_model_state = spark.sparkContext.broadcast(state)
-    df = (spark.read.format("binaryFile").option("pathGlobFilter", "*.jpg")
-          .option("recursiveFileLookup", "true").load(input_dir))
-
-    class ImageDataset(Dataset):
-        def __init__(self, contents):
-            self.contents = contents
-
-        def __len__(self):
-            return len(self.contents)
-
-        def __getitem__(self, index):
-            transform = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
-                                            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
-            return transform(Image.open(io.BytesIO(self.contents[index])).convert("RGB"))
-
-    @pandas_udf(ArrayType(FloatType()))
-    def predict_batch_udf(content_series_iter: Iterator[pd.Series]) -> Iterator[pd.Series]:
-        model = torchvision.models.get_model(model_name, weights=None)
-        model.load_state_dict(bc_model_state.value)
-        model.eval()
-        for content_series in content_series_iter:
-            loader = DataLoader(ImageDataset(list(content_series)), batch_size=64)
-            predictions = []
-            with torch.no_grad():
-                for image_batch in loader:
-                    probs = torch.softmax(model(image_batch), dim=1)
-                    top = probs.max(dim=1)
-                    predictions += [[float(i), float(p)] for i, p in zip(top.indices, top.values)]
-            yield pd.Series(predictions)
-
-    df.select(col("path"), predict_batch_udf(col("content")).alias("prediction")).write.mode("overwrite").parquet(output)
-    spark.stop()
-
-
 # ---------------------------------------------------------------- main -----------------------
 def missing_packages(args) -> list[str]:
     """What this run needs beyond the job's own dependencies (the `bench` extra)."""
@@ -469,7 +386,7 @@ def main() -> int:
                         help="CPU: the precision of the model ceiling and the job; with bf16 the job also runs in "
                              "fp32 in the same run, for the agreement and the fp32 ratios (baselines stay fp32)")
     parser.add_argument("--no-s3", dest="s3", action="store_false", help="skip the loopback S3 run")
-    parser.add_argument("--baselines", action="store_true", help="also run the tutorial and Databricks baselines")
+    parser.add_argument("--baselines", action="store_true", help="also run the three baselines: the Dask tutorial, the Databricks pattern, Spark's predict_batch_udf")
     parser.add_argument("--rss-check", action="store_true",
                         help="also run the job on one copy and on half the copies, to compare Python worker peak "
                              "RSS at 1x, N/2x and Nx images")
@@ -482,17 +399,7 @@ def main() -> int:
     parser.add_argument("--job-arg", dest="job_args", action="append", default=[],
                         help="extra argument for the job (repeatable), e.g. --job-arg=--decode-threads=2")
     parser.add_argument("--out", default="bench-output")
-    parser.add_argument("--baseline-worker", choices=("tutorial", "databricks"), help=argparse.SUPPRESS)
-    parser.add_argument("--worker-args", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
-
-    if args.baseline_worker == "tutorial":
-        listing, model_name, weights = args.worker_args
-        tutorial_baseline(Path(listing).read_text().split("\n"), model_name, weights, args.cores)
-        return 0
-    if args.baseline_worker == "databricks":
-        databricks_baseline(*args.worker_args)
-        return 0
 
     missing = missing_packages(args)
     if missing:  # before minutes of ceilings, not after them
@@ -594,17 +501,20 @@ def main() -> int:
         if args.baselines:
             listing = work / "files.txt"
             listing.write_text("\n".join(str(f) for f in files))
-            log("baseline: the Dask tutorial ...")
-            result["tutorial"] = {"wall_s": run_timed(
-                [sys.executable, __file__, "--cores", str(args.cores), "--images", args.images,
-                 "--baseline-worker", "tutorial", "--worker-args", str(listing), args.model, str(weights)],
-                env, out / f"tutorial-{args.model}.log")}
-            log("baseline: the Databricks pattern ...")
-            result["databricks"] = {"wall_s": run_timed(
-                [spark_submit(), "--master", f"local[{args.cores}]", "--driver-memory", "2g", __file__,
-                 "--images", args.images, "--baseline-worker", "databricks", "--worker-args",
-                 str(work / "data"), str(work / "run-databricks"), args.model, str(weights)],
-                env, out / f"databricks-{args.model}.log")}
+            baselines = PROJECT / "scripts" / "bench_baselines.py"
+            spark_baseline = [spark_submit(), "--master", f"local[{args.cores}]", "--driver-memory", "2g", str(baselines)]
+            for name, what, command in (
+                    ("tutorial", "the Dask tutorial",
+                     [sys.executable, str(baselines), "tutorial", str(listing), args.model, str(weights),
+                      "--workers", str(args.cores)]),
+                    ("databricks", "the Databricks pattern",
+                     [*spark_baseline, "databricks", str(work / "data"), str(work / "run-databricks"),
+                      args.model, str(weights)]),
+                    ("predict_batch_udf", "Spark's predict_batch_udf",
+                     [*spark_baseline, "predict-batch-udf", str(work / "data"), str(work / "run-predict-batch-udf"),
+                      args.model, str(weights)])):
+                log(f"baseline: {what} ...")
+                result[name] = {"wall_s": run_timed(command, env, out / f"{name.replace('_', '-')}-{args.model}.log")}
             # The job again after the baselines: a whole-process ratio compares runs minutes apart, so
             # the job brackets the baselines in time, and a machine that slowed down or sped up
             # meanwhile shows as two different ratios instead of one flattering (or unfair) one.
@@ -631,7 +541,7 @@ def main() -> int:
             result["ratios"]["job_local_fp32_inference_vs_combined_ceiling"] = (
                 result["job_local_fp32"]["inference_images_per_s"] / result["combined_ceiling_fp32_images_per_s"])
         if args.baselines:
-            for name in ("tutorial", "databricks"):
+            for name in BASELINES:
                 for job, suffix in (("job_local", ""), ("job_local_fp32", "_fp32")):
                     if job in result:
                         result["ratios"][f"{name}_wall_vs_job{suffix}_wall"] = (
@@ -715,7 +625,7 @@ def format_table(result: dict[str, Any]) -> str:
         if job in result:
             rows.append((f"job ({where}) again", f"{result[job]['wall_s']:.1f} s",
                          "whole process, run after the baselines"))
-    for name in ("tutorial", "databricks"):
+    for name in BASELINES:
         if name in result:
             ratios = result["ratios"]
 
@@ -728,7 +638,7 @@ def format_table(result: dict[str, Any]) -> str:
             text = f"job is {faster('')} faster"
             if f"{name}_wall_vs_job_wall_again" in ratios:
                 text += f"; run again after: {faster('_again')}"
-            rows.append((f"{name} whole process", f"{result[name]['wall_s']:.1f} s", text))
+            rows.append((f"{BASELINES[name]} whole process", f"{result[name]['wall_s']:.1f} s", text))
     header = (f"infer-dogs bench: {result['model']}, {result['images']} images, {result['cores']} cores, "
               f"{result['device']}{' (' + result['machine']['gpu'] + ')' if result['machine']['gpu'] else ''}"
               + (f"; the job's batch {result['job_batch']}" if "job_batch" in result else ""))

@@ -64,19 +64,24 @@ def test_table_brackets_the_baselines_with_the_job_run_before_and_after_them():
         "resnet50", 840, "bf16", 46.0, 4, 650.0, 43.0, job,
         job_local_fp32={**job, "wall_s": 50.0},
         job_local_again={**job, "wall_s": 44.0}, job_local_fp32_again={**job, "wall_s": 55.0},
-        tutorial={"wall_s": 110.0}, databricks={"wall_s": 100.0},
+        tutorial={"wall_s": 110.0}, databricks={"wall_s": 100.0}, predict_batch_udf={"wall_s": 60.0},
         combined_ceiling_fp32_images_per_s=24.0,
         ratios={"job_local_inference_vs_combined_ceiling": 0.95,
                 "job_local_fp32_inference_vs_combined_ceiling": 0.9,
                 "tutorial_wall_vs_job_wall": 2.75, "tutorial_wall_vs_job_wall_again": 2.5,
                 "tutorial_wall_vs_job_fp32_wall": 2.2, "tutorial_wall_vs_job_fp32_wall_again": 2.0,
                 "databricks_wall_vs_job_wall": 2.5, "databricks_wall_vs_job_wall_again": 100 / 44,
-                "databricks_wall_vs_job_fp32_wall": 2.0, "databricks_wall_vs_job_fp32_wall_again": 100 / 55},
+                "databricks_wall_vs_job_fp32_wall": 2.0, "databricks_wall_vs_job_fp32_wall_again": 100 / 55,
+                "predict_batch_udf_wall_vs_job_wall": 1.5, "predict_batch_udf_wall_vs_job_wall_again": 60 / 44,
+                "predict_batch_udf_wall_vs_job_fp32_wall": 1.2, "predict_batch_udf_wall_vs_job_fp32_wall_again": 60 / 55},
     )
     lines = format_table(result).splitlines()
     tutorial = next(line for line in lines if "tutorial whole process" in line)
     assert tutorial.endswith("job is 2.75 x (bf16), 2.20 x (fp32) faster; run again after: 2.50 x (bf16), 2.00 x (fp32)")
     assert any("job (local, fp32) again" in line and "55.0 s" in line for line in lines)
+    spark_own = next(line for line in lines if "spark predict_batch_udf whole process" in line)
+    assert "60.0 s" in spark_own and spark_own.endswith("job is 1.50 x (bf16), 1.20 x (fp32) faster; "
+                                                         "run again after: 1.36 x (bf16), 1.09 x (fp32)")
 
 
 def test_the_job_runs_with_its_own_batch_unless_told_and_the_table_says_which():
