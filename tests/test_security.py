@@ -74,7 +74,7 @@ def test_credentials_stay_out_of_debug_logs(s3_server, s3_images, caplog):
     for name in (None, "botocore", "boto3", "s3transfer", "urllib3"):  # the job quiets these
         caplog.set_level(logging.DEBUG, logger=name)
     options = S3Options(endpoint_url=s3_server)
-    uri = list_s3(s3_images, options)[0][0]
+    uri = next(iter(list_s3(s3_images, options)))[0]
     read_bytes(uri, options, 1 << 30)
     with pytest.raises(Exception):
         read_bytes(uri + "-missing", options, 1 << 30)
