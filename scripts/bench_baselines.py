@@ -176,7 +176,7 @@ def main() -> int:
         sub.add_argument("weights")
     args = parser.parse_args()
     if args.baseline == "tutorial":
-        tutorial(Path(args.listing).read_text().split("\n"), args.model, args.weights, args.workers)
+        tutorial(Path(args.listing).read_text().splitlines(), args.model, args.weights, args.workers)
     elif args.baseline == "databricks":
         databricks(args.input_dir, args.output, args.model, args.weights)
     else:
