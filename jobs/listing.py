@@ -56,15 +56,20 @@ def list_images(settings: Settings) -> Listing:
     inside = output_inside_input(settings.input, settings.output)
     if inside is None:
         return build_listing(entries, label_map, settings.limit)
-    kept, left_out = [], 0
-    for path, size in entries:
-        if location(path, resolve=False).startswith(inside):
-            left_out += 1
-        else:
-            kept.append((path, size))
+    left_out = 0
+
+    def outside_output() -> Iterator[tuple[str, Optional[int]]]:  # filtered as listed, not copied
+        nonlocal left_out
+        for path, size in entries:
+            if location(path, resolve=False).startswith(inside):
+                left_out += 1
+            else:
+                yield path, size
+
+    listing = build_listing(outside_output(), label_map, settings.limit)
     if left_out:
         log.info("left out %d file(s) under --output %s, which lies inside --input", left_out, settings.output)
-    return replace(build_listing(kept, label_map, settings.limit), skipped_in_output=left_out)
+    return replace(listing, skipped_in_output=left_out)
 
 
 def left_out_text(non_image: int, in_output: int = 0, bad_name: int = 0) -> str:
