@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from jobs.sample_images import EXIF_ORIENTATION
 from tests.conftest import PROJECT_ROOT
 from tests.reference import make_spread_weights, model_from_file, reference_probabilities
 from tests.test_spark_submit import SPARK_SUBMIT, subprocess_env
 
 MODEL = "mobilenet_v3_small"
 BASELINES = PROJECT_ROOT / "scripts" / "bench_baselines.py"
-EXIF_ORIENTATION = 0x0112
 
 
 @pytest.fixture(scope="module")
