@@ -126,8 +126,10 @@ def graph_inputs(batch: int) -> torch.Tensor:
 
 
 def test_cpu_graph_runs_fused_by_onednn_and_matches_eager(weights):
-    """The CPU default: frozen TorchScript with oneDNN Graph fusion, the eager outputs within float rounding,
-    also for a last batch smaller than the traced one."""
+    """The CPU default: frozen TorchScript with oneDNN Graph fusion, the eager outputs within float rounding
+    (1e-4, as the job against its torchvision reference: how close depends on the kernels oneDNN picks
+    for the CPU's instructions, 1.4e-5 measured on an AVX2-only EPYC), also for a last batch smaller
+    than the traced one."""
     cpu = torch.device("cpu")
     eager = load_model(MODEL, weights, cpu, True)
     graph = optimize_graph(load_model(MODEL, weights, cpu, True), "auto", cpu, 4, 224, True)
@@ -135,7 +137,7 @@ def test_cpu_graph_runs_fused_by_onednn_and_matches_eager(weights):
         inputs = graph_inputs(batch)
         with torch.inference_mode():
             got, expected = graph(inputs).softmax(1), eager(inputs).softmax(1)
-        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
         assert "prim::oneDNNFusionGroup" in str(torch.jit.last_executed_optimized_graph())
 
 
@@ -157,7 +159,7 @@ def test_graph_that_fails_to_fuse_runs_unfused(weights, monkeypatch):
         got, expected = graph(inputs).softmax(1), load_model(MODEL, weights, cpu, True)(inputs).softmax(1)
     assert isinstance(graph, torch.jit.ScriptModule) and not torch.jit.onednn_fusion_enabled()
     assert "oneDNNFusionGroup" not in str(torch.jit.last_executed_optimized_graph())
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)  # as the fused graph (above)
 
 
 def test_model_built_once_per_python_worker(spark, sample_images, tmp_path):
