@@ -22,11 +22,13 @@ def worker_report(task_records: Iterable[dict[str, Any]]) -> list[dict[str, Any]
         key = (record["host"], record["pid"])
         worker = workers.setdefault(key, {
             "host": record["host"], "pid": record["pid"], "executor_pid": record["executor_pid"],
-            "devices": set(), "gpu_addresses": set(), "model_builds": 0, "tasks": 0, "images": 0,
+            "devices": set(), "precisions": set(), "gpu_addresses": set(), "model_builds": 0, "tasks": 0, "images": 0,
             "peak_rss_mb": 0.0,
         })
         worker["peak_rss_mb"] = max(worker["peak_rss_mb"], record.get("peak_rss_mb", 0.0))
         worker["devices"].add(record["device"])
+        if record.get("precision"):
+            worker["precisions"].add(record["precision"])
         worker["gpu_addresses"].update(record["gpu_addresses"])
         worker["model_builds"] += int(record["model_built"])
         worker["tasks"] += 1
@@ -34,6 +36,7 @@ def worker_report(task_records: Iterable[dict[str, Any]]) -> list[dict[str, Any]
     report = []
     for worker in sorted(workers.values(), key=lambda w: (w["host"], w["executor_pid"], w["pid"])):
         worker["devices"] = sorted(worker["devices"])
+        worker["precisions"] = sorted(worker["precisions"])
         worker["gpu_addresses"] = sorted(worker["gpu_addresses"])
         report.append(worker)
     return report
@@ -78,6 +81,7 @@ def build_summary(
                     "seed": source.seed},
         "random_weights": source.is_random,
         "devices": sorted({d for w in workers for d in w["devices"]}),
+        "precisions": sorted({p for w in workers for p in w["precisions"]}),  # what ran (settings: what was asked)
         "model_builds": sum(w["model_builds"] for w in workers),
         "workers": workers,
         "counts": {**listing_counts, "images": images, "scored": totals["scored"], "errors": totals["errors"],
@@ -138,14 +142,15 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     counts, accuracy, rate = summary["counts"], summary["accuracy"], summary["images_per_s"]
     weights = summary["weights"]
     errors = summary["errors_by_kind"]
+    precisions = f" ({', '.join(summary['precisions'])})" if summary.get("precisions") else ""
     left_out = left_out_text(counts.get("skipped_non_image", 0), counts.get("skipped_in_output", 0),
                              counts.get("skipped_bad_name", 0))
     rows = [
         ("run", f"{summary['run_id']} ({summary.get('status', 'complete')})"),
         ("model", f"{summary['model']}, weights {weights['description']} (sha256 {str(weights['sha256'])[:12]})"),
         ("input", str(summary["input"])),
-        ("devices", f"{', '.join(summary['devices']) or 'n/a'}: {len(summary['workers'])} Python worker(s), "
-                    f"{summary['model_builds']} model build(s)"),
+        ("devices", f"{', '.join(summary['devices']) or 'n/a'}{precisions}: {len(summary['workers'])} Python "
+                    f"worker(s), {summary['model_builds']} model build(s)"),
         ("images", f"{counts['images']:,}: {counts['scored']:,} scored, {counts['errors']:,} errors "
                    f"({left_out})"),
         ("errors by kind", ", ".join(f"{k} {v:,}" for k, v in errors.items()) if errors else "none"),

@@ -62,8 +62,8 @@ import torch
 PROJECT = Path(__file__).resolve().parents[1]
 
 from udfs.decode import Preprocessing, decode_and_preprocess, normalize_batch
-from udfs.model import (autocast_to, default_weights, exact_fp32_on_cuda, load_model, optimize_graph,
-                        resolve_batch_size, resolve_precision)
+from udfs.model import (autocast_to, cpu_runs_bf16_natively, default_weights, exact_fp32_on_cuda, load_model,
+                        optimize_graph, resolve_batch_size, resolve_precision)
 from udfs.storage import read_bytes
 from udfs.settings import S3Options
 
@@ -404,6 +404,9 @@ def main() -> int:
     missing = missing_packages(args)
     if missing:  # before minutes of ceilings, not after them
         parser.error(f"{' and '.join(missing)} not installed: .venv/bin/pip install -e '.[bench]'")
+    if args.precision == "bf16" and args.device == "cpu" and not cpu_runs_bf16_natively():
+        parser.error(f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bf16: the job runs "
+                     "--precision bf16 in fp32 here (udfs/model.py cpu_runs_bf16_natively)")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="infer-dogs-bench-"))
@@ -423,7 +426,8 @@ def main() -> int:
             "model": args.model, "images": len(files), "cores": args.cores, "device": args.device,
             "job_slots": args.job_slots or args.cores, "job_args": args.job_args, "job_batch": job_batch(args),
             "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                        "cpus": os.cpu_count(), "torch": torch.__version__,
+                        "cpus": os.cpu_count(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                        "torch": torch.__version__,
                         "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None},
         }
         log(f"workload: {len(files)} images ({args.copies} copies), model {args.model}, {args.cores} cores, {args.device}")
@@ -639,8 +643,10 @@ def format_table(result: dict[str, Any]) -> str:
             if f"{name}_wall_vs_job_wall_again" in ratios:
                 text += f"; run again after: {faster('_again')}"
             rows.append((f"{BASELINES[name]} whole process", f"{result[name]['wall_s']:.1f} s", text))
-    header = (f"infer-dogs bench: {result['model']}, {result['images']} images, {result['cores']} cores, "
-              f"{result['device']}{' (' + result['machine']['gpu'] + ')' if result['machine']['gpu'] else ''}"
+    machine = result["machine"]
+    header = (f"infer-dogs bench: {result['model']}, {result['images']} images, {result['cores']} cores"
+              + (f" ({machine['cpu_capability']})" if machine.get("cpu_capability") else "")
+              + f", {result['device']}{' (' + machine['gpu'] + ')' if machine['gpu'] else ''}"
               + (f"; the job's batch {result['job_batch']}" if "job_batch" in result else ""))
     return table_lines(header, rows, 16)
 

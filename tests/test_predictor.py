@@ -93,10 +93,16 @@ def test_an_image_scores_the_same_whatever_shares_its_batch(sample_images, weigh
         assert other["top_k_probs"] == alone["top_k_probs"] and other["pred_prob"] == alone["pred_prob"]
 
 
-def test_precision_resolution():
+def test_precision_resolution(monkeypatch):
+    import udfs.model
+
     assert resolve_precision("auto", torch.device("cpu")) is None
     assert resolve_precision("auto", torch.device("cuda", 0)) is torch.float16
+    monkeypatch.setattr(udfs.model, "cpu_runs_bf16_natively", lambda: True)
     assert resolve_precision("bf16", torch.device("cpu")) is torch.bfloat16
+    monkeypatch.setattr(udfs.model, "cpu_runs_bf16_natively", lambda: False)  # AVX2: bf16 8.6x slower than fp32
+    assert resolve_precision("bf16", torch.device("cpu")) is None
+    assert resolve_precision("bf16", torch.device("cuda", 0)) is torch.bfloat16
     assert resolve_precision("fp16", torch.device("cpu")) is None  # GPU settings on a CPU executor: fp32
     assert resolve_precision("fp16", torch.device("cuda", 0)) is torch.float16
 
@@ -163,11 +169,15 @@ def test_graph_that_fails_to_fuse_runs_unfused(weights, monkeypatch):
 
 
 def test_model_built_once_per_python_worker(spark, sample_images, tmp_path):
-    """Many tasks and batches, worker reuse on: one build per worker process, not per task."""
+    """Many tasks and batches, worker reuse on: one build per worker process, not per task. Asked for
+    bf16, the summary says what ran: bf16 where the CPU has it natively, else fp32."""
+    from udfs.model import cpu_runs_bf16_natively
+
     out = tmp_path / "run"
     summary = run_in_process(spark, ["--input", str(sample_images.images_dir), "--output", str(out),
                                      "--model", MODEL, "--random-weights", "90210",  # a key no earlier test cached
-                                     "--tasks-per-slot", "6", "--arrow-batch-size", "4", "--batch-size", "2"])
+                                     "--tasks-per-slot", "6", "--arrow-batch-size", "4", "--batch-size", "2",
+                                     "--precision", "bf16"])
     workers = summary["workers"]
     tasks = sum(w["tasks"] for w in workers)
     assert tasks == 12  # local[2] x 6 tasks per slot
@@ -176,6 +186,9 @@ def test_model_built_once_per_python_worker(spark, sample_images, tmp_path):
     assert all(w["model_builds"] == 1 for w in workers)
     assert sum(w["images"] for w in workers) == len(sample_images.files()) == len(read_predictions(out))
     assert summary["devices"] == ["cpu"]
+    ran = ["bf16"] if cpu_runs_bf16_natively() else ["fp32"]
+    assert summary["precisions"] == ran and all(w["precisions"] == ran for w in workers)
+    assert summary["settings"]["precision"] == "bf16"
 
 
 def test_fp32_on_cuda_turns_tf32_off():

@@ -15,8 +15,8 @@ def make_summary(random: bool = False) -> dict:
     settings = settings.with_run_id("20260101T000000Z-abcdef")
     totals = {"images": 1200, "scored": 1197, "errors": 3, "with_truth": 1197, "top1_accuracy": 0.8,
               "top5_accuracy": 0.95, "errors_by_kind": {"decode_error": 2, "not_found": 1}}
-    records = [{"host": "h", "pid": 1, "executor_pid": 9, "device": "cpu", "gpu_addresses": [], "model_built": True,
-                "images": 1200, "started": 100.0, "finished": 160.0}]
+    records = [{"host": "h", "pid": 1, "executor_pid": 9, "device": "cpu", "precision": "fp32", "gpu_addresses": [],
+                "model_built": True, "images": 1200, "started": 100.0, "finished": 160.0}]
     timings = {"listing": 1.25, "spark_start": 8.0, "weights": 0.5, "score_and_write_predictions": 62.0,
                "aggregate": 3.0, "report": 2.0}
     timings["total"] = sum(timings.values())
@@ -30,6 +30,7 @@ def test_rows_cover_accuracy_images_errors_rates_time_and_outputs():
     assert rows["top-5 accuracy"] == "95.00%"
     assert rows["images"] == "1,200: 1,197 scored, 3 errors (4 non-image objects skipped)"
     assert rows["errors by kind"] == "decode_error 2, not_found 1"
+    assert rows["devices"] == "cpu (fp32): 1 Python worker(s), 1 model build(s)"  # what ran, not what was asked
     assert rows["images/s"] == "20.0 inference, 15.64 end to end"
     assert rows["wall time"] == ("76.8 s: listing 1.2, Spark start 8.0, weights 0.5, scoring + writing predictions "
                                  "62.0, per-class aggregation 3.0, report 2.0 (first scoring task start to last end: "

@@ -18,7 +18,7 @@ import torch
 from pyspark import SparkFiles, TaskContext
 from pyspark.accumulators import Accumulator
 
-from udfs.model import task_device
+from udfs.model import precision_name, task_device
 from udfs.predictor import get_predictor
 from udfs.settings import Settings
 from udfs.task_log import process_identity
@@ -73,6 +73,7 @@ def make_score_fn(settings: Settings, task_log: Optional[Accumulator] = None) ->
                 "attempt": context.attemptNumber() if context else None,
                 "gpu_addresses": gpus,
                 "device": str(device),
+                "precision": precision_name(predictor.autocast_dtype),
                 "model_built": built,
                 "model_build_seconds": round(build_seconds, 3) if built else 0.0,
                 "images": stats.images,
