@@ -148,8 +148,36 @@ def assert_same_predictions(cluster, local) -> None:
     np.testing.assert_allclose(cluster["pred_prob"], local["pred_prob"], rtol=0, atol=1e-6)
 
 
+FAKE_GPU_CONF = {  # each worker has one fake GPU (tests/fake_gpus.sh); CUDA being absent, tasks use the CPU
+    "spark.worker.resource.gpu.amount": "1",
+    "spark.worker.resource.gpu.discoveryScript": str(FAKE_GPUS),
+    "spark.executor.resource.gpu.discoveryScript": str(FAKE_GPUS),
+}
+
+
+def assert_each_executor_used_its_own_fake_gpu(summary: dict, work: Path, tasks_per_gpu: int) -> None:
+    executors = by_executor(summary["workers"])
+    assert len(executors) == 2, summary["workers"]
+    seen = {pid: {a for w in workers for a in w["gpu_addresses"]} for pid, workers in executors.items()}
+    assert sorted(sorted(addresses) for addresses in seen.values()) == [["0"], ["1"]], seen
+    for workers in executors.values():  # one Python worker per concurrent task, all on the executor's GPU
+        assert len(workers) == tasks_per_gpu, workers
+        assert all(w["devices"] == ["cpu"] and w["model_builds"] == 1 for w in workers), workers
+    assert summary["devices"] == ["cpu"]
+    # each executor's tasks logged which fake GPU they got and that they fell back to the CPU
+    logs = executor_logs(work)
+    assigned = sorted(sorted(set(re.findall(r"Spark assigned GPU \['(\d+)'\] but CUDA is not available", log)))
+                      for log in logs)
+    assert assigned == [["0"], ["1"]], assigned
+
+
 @pytest.mark.slow
-def test_two_executors_match_local_mode(spark, s3_server, s3_images, s3_log, weights_uri, sample_images, tmp_path):
+def test_two_executors_with_a_fake_gpu_each_match_local_mode(spark, s3_server, s3_images, s3_log, weights_uri,
+                                                              sample_images, tmp_path):
+    """Two executor JVMs, one core and one fake GPU each, which only the scoring stage asks for
+    (--gpu-stage-only, a GPU per task): each executor's worker gets its own GPU, reads its images
+    from S3 itself and gives the predictions local mode gives. (One cluster run for both claims:
+    each run costs ~50 s of JVMs and torch imports on two cores.)"""
     images = sample_images.files()
     image_keys = {TEST_PREFIX + f.relative_to(sample_images.images_dir).as_posix() for f in images}
     args = ["--input", s3_images, "--model", MODEL, "--weights", weights_uri, "--batch-size", "8", *QUIET]
@@ -157,8 +185,11 @@ def test_two_executors_match_local_mode(spark, s3_server, s3_images, s3_log, wei
     started = len(s3_log.requests)
     submitted = spark_submit(
         "local-cluster[2,1,1024]", tmp_path,
-        {"spark.executor.memory": "768m", "spark.cores.max": "2"},  # executor memory fits the 1024 MB workers
-        [*args, "--s3-endpoint-url", s3_log.endpoint, "--output", str(tmp_path / "cluster")],
+        {**FAKE_GPU_CONF, "spark.executor.memory": "768m",  # executor memory fits the 1024 MB workers
+         "spark.executor.cores": "1", "spark.cores.max": "2", "spark.executor.resource.gpu.amount": "1"},
+        [*args, "--s3-endpoint-url", s3_log.endpoint, "--output", str(tmp_path / "cluster"),
+         "--gpu-stage-only", "--gpu-task-amount", "1"],
+        env={"FAKE_GPU_STATE": str(tmp_path / "fake-gpus")},  # the workers run the discovery script
     )
     requests = S3Log(s3_log.endpoint, s3_log.requests[started:])
     summary = read_summary(tmp_path / "cluster")
@@ -172,15 +203,14 @@ def test_two_executors_match_local_mode(spark, s3_server, s3_images, s3_log, wei
                                   read_per_class(tmp_path / "local").sort_values("wnid", ignore_index=True),
                                   check_exact=False, atol=1e-6)
 
-    # two executor JVMs (not the driver), one Python worker each, each built the model once
-    executors = by_executor(summary["workers"])
-    assert len(executors) == 2, summary["workers"]
-    assert submitted.driver_pid not in executors
-    for pid, workers in executors.items():
-        assert [w["model_builds"] for w in workers] == [1], (pid, workers)
-        assert workers[0]["tasks"] >= 1 and workers[0]["images"] >= 1  # both executors scored
+    # two executor JVMs (not the driver), one Python worker each on its own GPU, each built the model once
+    assert_each_executor_used_its_own_fake_gpu(summary, tmp_path, tasks_per_gpu=1)
+    assert submitted.driver_pid not in by_executor(summary["workers"])
+    for worker in summary["workers"]:
+        assert worker["tasks"] >= 1 and worker["images"] >= 1  # both executors scored
     assert sum(w["images"] for w in summary["workers"]) == len(images)
     assert summary["model_builds"] == 2
+    assert "scoring stage asks for 1.0 GPU per task" in submitted.stdout  # the driver's log (PythonRunner)
 
     # bytes were read on the executors: every image once by an executor; the driver sent no request for any
     assert [r for r in requests.requests if r[0] == DRIVER_APP and r[2] in image_keys] == []
@@ -191,51 +221,17 @@ def test_two_executors_match_local_mode(spark, s3_server, s3_images, s3_log, wei
     assert any(c == DRIVER_APP and m == "GET" and k in ("", "/" + TEST_BUCKET) for c, m, k in requests.requests)
 
 
-GPU_RUNS = {
-    # the shipped GPU config (conf/spark-defaults.gpu.conf) sized for this machine: two cores per
-    # executor and 0.5 GPU per task in every stage, so two tasks share an executor's GPU
-    "gpu-conf": ("local-cluster[2,2,1536]", {"spark.executor.cores": "2", "spark.cores.max": "4",
-                                             "spark.task.resource.gpu.amount": "0.5"}, [], 2),
-    # --gpu-stage-only: no spark.task.resource.gpu.amount; only the scoring stage asks, a GPU per task
-    "gpu-stage-only": ("local-cluster[2,1,1024]", {"spark.executor.cores": "1", "spark.cores.max": "2",
-                                                   "spark.executor.resource.gpu.amount": "1"},
-                       ["--gpu-stage-only", "--gpu-task-amount", "1"], 1),
-}
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("run", GPU_RUNS)
-def test_fake_gpus_are_scheduled_per_executor(sample_images, weights_file, tmp_path, run):
-    """Two workers with one fake GPU each; each executor's tasks get its GPU and, CUDA being absent, use the CPU."""
-    master, conf, flags, tasks_per_gpu = GPU_RUNS[run]
-    conf = {
-        **conf,
-        "spark.worker.resource.gpu.amount": "1",
-        "spark.worker.resource.gpu.discoveryScript": str(FAKE_GPUS),
-        "spark.executor.resource.gpu.discoveryScript": str(FAKE_GPUS),
-        "spark.executor.memory": "768m",
-    }
-    properties = None if "--gpu-stage-only" in flags else PROJECT_ROOT / "conf" / "spark-defaults.gpu.conf"
+def test_the_shipped_gpu_conf_shares_each_fake_gpu_between_two_tasks(sample_images, weights_file, tmp_path):
+    """conf/spark-defaults.gpu.conf sized for this machine: two workers with one fake GPU each, two
+    cores per executor and 0.5 GPU per task in every stage, so two tasks share an executor's GPU."""
+    conf = {**FAKE_GPU_CONF, "spark.executor.memory": "768m",
+            "spark.executor.cores": "2", "spark.cores.max": "4", "spark.task.resource.gpu.amount": "0.5"}
     args = ["--input", str(sample_images.images_dir), "--output", str(tmp_path / "run"), "--model", MODEL,
-            "--weights", str(weights_file), "--batch-size", "8", *QUIET, *flags]
-    # the workers run inside the driver's JVM and run the discovery script with its environment
-    submitted = spark_submit(master, tmp_path, conf, args, properties, env={"FAKE_GPU_STATE": str(tmp_path / "fake-gpus")})
+            "--weights", str(weights_file), "--batch-size", "8", *QUIET]
+    spark_submit("local-cluster[2,2,1536]", tmp_path, conf, args, PROJECT_ROOT / "conf" / "spark-defaults.gpu.conf",
+                 env={"FAKE_GPU_STATE": str(tmp_path / "fake-gpus")})
     summary = read_summary(tmp_path / "run")
     assert summary["counts"]["images"] == len(sample_images.files()) and summary["counts"]["errors"] == 0
     print("timings", summary["timing_s"], "\nworkers", summary["workers"])
-
-    executors = by_executor(summary["workers"])
-    assert len(executors) == 2, summary["workers"]
-    seen = {pid: {a for w in workers for a in w["gpu_addresses"]} for pid, workers in executors.items()}
-    assert sorted(sorted(addresses) for addresses in seen.values()) == [["0"], ["1"]], seen
-    for workers in executors.values():  # one Python worker per concurrent task, all on the executor's GPU
-        assert len(workers) == tasks_per_gpu, workers
-        assert all(w["devices"] == ["cpu"] and w["model_builds"] == 1 for w in workers), workers
-    assert summary["devices"] == ["cpu"]
-    # each executor's tasks logged which fake GPU they got and that they fell back to the CPU
-    logs = executor_logs(tmp_path)
-    assigned = sorted(sorted(set(re.findall(r"Spark assigned GPU \['(\d+)'\] but CUDA is not available", log)))
-                      for log in logs)
-    assert assigned == [["0"], ["1"]], assigned
-    if flags:
-        assert "scoring stage asks for 1.0 GPU per task" in submitted.stdout  # the driver's log (PythonRunner)
+    assert_each_executor_used_its_own_fake_gpu(summary, tmp_path, tasks_per_gpu=2)
