@@ -18,7 +18,8 @@ job, with plain torchvision and nothing from this project:
   batches of 64 of those arrays (`input_tensor_shapes`), returning the top-1 class and its
   probability. The pixels (3 x 224 x 224 floats, 602 KB an image) cross Arrow between the two
   UDFs; the job sends only paths in and small rows out.
-The two Spark ones write Parquet (path, prediction) to OUTPUT, so that a test can check them.
+The two Spark ones write Parquet (path, prediction) to OUTPUT, so that a test can check them; they
+take the session (`main` starts and stops it) so that the tests can run them on theirs.
 """
 
 from __future__ import annotations
@@ -70,18 +71,16 @@ def tutorial(files: list[str], model_name: str, weights: str, workers: int) -> N
         raise RuntimeError("the tutorial lost images")
 
 
-def databricks(input_dir: str, output: str, model_name: str, weights: str) -> None:
+def databricks(spark, input_dir: str, output: str, model_name: str, weights: str) -> None:
     """Databricks' reference pattern: binaryFile DataFrame, broadcast state dict, iterator pandas
     UDF building the model once per task, DataLoader(batch_size=64) over the bytes."""
     import torchvision
     from PIL import Image
-    from pyspark.sql import SparkSession
     from pyspark.sql.functions import col, pandas_udf
     from pyspark.sql.types import ArrayType, FloatType
     from torch.utils.data import DataLoader, Dataset
     from torchvision import transforms
 
-    spark = SparkSession.builder.appName("databricks-pattern").getOrCreate()
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "64")
     state = torch.load(weights, weights_only=True)
     bc_model_state = spark.sparkContext.broadcast(state)
@@ -116,21 +115,18 @@ def databricks(input_dir: str, output: str, model_name: str, weights: str) -> No
             yield pd.Series(predictions)
 
     df.select(col("path"), predict_batch_udf(col("content")).alias("prediction")).write.mode("overwrite").parquet(output)
-    spark.stop()
 
 
-def predict_batch_udf(input_dir: str, output: str, model_name: str, weights: str) -> None:
+def predict_batch_udf(spark, input_dir: str, output: str, model_name: str, weights: str) -> None:
     """Spark's own `predict_batch_udf`: preprocessed tensors as array columns, the model built once
     per Python worker by `make_predict_fn`, batches of 64 (`input_tensor_shapes` [3, 224, 224])."""
     import numpy as np
     import torchvision
     from PIL import Image
     from pyspark.ml.functions import predict_batch_udf as spark_predict_batch_udf
-    from pyspark.sql import SparkSession
     from pyspark.sql.functions import col, pandas_udf
     from pyspark.sql.types import ArrayType, FloatType, IntegerType, StructField, StructType
 
-    spark = SparkSession.builder.appName("spark-predict-batch-udf").getOrCreate()
     df = (spark.read.format("binaryFile").option("pathGlobFilter", "*.jpg")
           .option("recursiveFileLookup", "true").load(input_dir))
     transform = torchvision.models.get_model_weights(model_name).DEFAULT.transforms()
@@ -158,7 +154,6 @@ def predict_batch_udf(input_dir: str, output: str, model_name: str, weights: str
         batch_size=64, input_tensor_shapes=[[3, 224, 224]])
     (df.select(col("path"), classify(preprocess(col("content"))).alias("prediction"))
      .write.mode("overwrite").parquet(output))
-    spark.stop()
 
 
 def main() -> int:
@@ -177,10 +172,13 @@ def main() -> int:
     args = parser.parse_args()
     if args.baseline == "tutorial":
         tutorial(Path(args.listing).read_text().splitlines(), args.model, args.weights, args.workers)
-    elif args.baseline == "databricks":
-        databricks(args.input_dir, args.output, args.model, args.weights)
-    else:
-        predict_batch_udf(args.input_dir, args.output, args.model, args.weights)
+        return 0
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.builder.appName(f"baseline-{args.baseline}").getOrCreate()
+    pattern = databricks if args.baseline == "databricks" else predict_batch_udf
+    pattern(spark, args.input_dir, args.output, args.model, args.weights)
+    spark.stop()
     return 0
 
 

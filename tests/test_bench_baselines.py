@@ -1,6 +1,7 @@
-"""scripts/bench_baselines.py: each baseline runs as bench.py runs it and scores every image; Spark's
-predict_batch_udf gives what plain torchvision gives (it preprocesses with the weights' own
-transforms, as the job does), so that the bench compares the job with a working pipeline."""
+"""scripts/bench_baselines.py: each baseline scores every image (the Spark ones on the tests' session,
+the tutorial as bench.py runs it); Spark's predict_batch_udf gives what plain torchvision gives (it
+preprocesses with the weights' own transforms, as the job does), so that the bench compares the job
+with a working pipeline."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import pytest
 from PIL import Image
 
 from jobs.sample_images import EXIF_ORIENTATION
+from scripts import bench_baselines
 from tests.conftest import PROJECT_ROOT
 from tests.reference import make_spread_weights, model_from_file, reference_probabilities
-from tests.test_spark_submit import SPARK_SUBMIT, subprocess_env
 
 MODEL = "mobilenet_v3_small"
 BASELINES = PROJECT_ROOT / "scripts" / "bench_baselines.py"
@@ -41,17 +42,20 @@ def weights(few_images, tmp_path_factory) -> Path:
     return make_spread_weights(MODEL, 3, few_images, tmp_path_factory.mktemp("baseline-weights") / "w.pt")
 
 
-def spark_baseline(name: str, few_images: list[Path], weights: Path, output: Path) -> pd.DataFrame:
-    command = [str(SPARK_SUBMIT), "--master", "local[2]", str(BASELINES), name,
-               str(few_images[0].parents[1]), str(output), MODEL, str(weights)]
-    result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=400)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+def spark_baseline(spark, name: str, few_images: list[Path], weights: Path, output: Path) -> pd.DataFrame:
+    """The baseline on the tests' session (bench.py runs each under spark-submit, as `main` does:
+    a subprocess here cost ~40 s of JVM and torch imports per baseline on two cores)."""
+    pattern = getattr(bench_baselines, name.replace("-", "_"))
+    try:
+        pattern(spark, str(few_images[0].parents[1]), str(output), MODEL, str(weights))
+    finally:
+        spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")  # the Databricks pattern sets it
     return pd.read_parquet(output)
 
 
 @pytest.mark.slow
-def test_predict_batch_udf_baseline_gives_the_reference_predictions(few_images, weights, tmp_path):
-    rows = spark_baseline("predict-batch-udf", few_images, weights, tmp_path / "out")
+def test_predict_batch_udf_baseline_gives_the_reference_predictions(spark, few_images, weights, tmp_path):
+    rows = spark_baseline(spark, "predict-batch-udf", few_images, weights, tmp_path / "out")
     assert sorted(Path(p.removeprefix("file:")).name for p in rows["path"]) == sorted(f.name for f in few_images)
     upright = [f for f in few_images if Image.open(f).getexif().get(EXIF_ORIENTATION, 1) == 1]  # it ignores EXIF
     assert upright
@@ -64,8 +68,8 @@ def test_predict_batch_udf_baseline_gives_the_reference_predictions(few_images, 
 
 
 @pytest.mark.slow
-def test_databricks_baseline_scores_every_image(few_images, weights, tmp_path):
-    rows = spark_baseline("databricks", few_images, weights, tmp_path / "out")
+def test_databricks_baseline_scores_every_image(spark, few_images, weights, tmp_path):
+    rows = spark_baseline(spark, "databricks", few_images, weights, tmp_path / "out")
     assert len(rows) == len(few_images)
     for index, prob in rows["prediction"]:
         assert index == int(index) and 0 <= index < 1000 and 0 < prob <= 1
