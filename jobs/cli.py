@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="autocast precision; auto = fp16 on CUDA, fp32 on CPU (fp16 on a CPU executor runs "
                             "fp32; fp32 on CUDA is exact, no TF32). bf16 on a CPU with AVX512-BF16 or AMX runs "
                             "ResNet50 ~1.8x faster, with probabilities that differ from fp32 in the second or third "
-                            "digit (README, Performance); on a CPU without native bf16 (AVX2) it would run ~8x "
-                            "slower, so it runs fp32 there (summary.json: precisions)")
+                            "digit (README, Performance); a CPU without them (AVX2 only) ran it ~8x slower, so it "
+                            "runs fp32 there (summary.json: precisions)")
     model.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                        help="keep NCHW memory layout (channels_last is faster for convolutions)")
     model.add_argument("--graph", choices=GRAPH_MODES, default="auto",

@@ -138,6 +138,9 @@ def run_job(spark: SparkSession, settings: Settings, listing: Listing,
         )
 
     summary = summarize()
+    if settings.precision != "auto" and summary["precisions"] and summary["precisions"] != [settings.precision]:
+        log.warning("--precision %s was asked for; the Python workers ran %s (fp16 never runs on a CPU, nor bf16 on "
+                    "a CPU without bf16 instructions)", settings.precision, ", ".join(summary["precisions"]))
     if settings.report:  # from the written Parquet; summary.json stays the last file written
         step = time.perf_counter()
         report = write_run_report(spark, settings.s3, paths, summary)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -168,16 +170,17 @@ def test_graph_that_fails_to_fuse_runs_unfused(weights, monkeypatch):
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)  # as the fused graph (above)
 
 
-def test_model_built_once_per_python_worker(spark, sample_images, tmp_path):
+def test_model_built_once_per_python_worker(spark, sample_images, tmp_path, caplog):
     """Many tasks and batches, worker reuse on: one build per worker process, not per task. Asked for
     bf16, the summary says what ran: bf16 where the CPU has it natively, else fp32."""
     from udfs.model import cpu_runs_bf16_natively
 
     out = tmp_path / "run"
-    summary = run_in_process(spark, ["--input", str(sample_images.images_dir), "--output", str(out),
-                                     "--model", MODEL, "--random-weights", "90210",  # a key no earlier test cached
-                                     "--tasks-per-slot", "6", "--arrow-batch-size", "4", "--batch-size", "2",
-                                     "--precision", "bf16"])
+    with caplog.at_level(logging.WARNING, logger="infer_dogs"):
+        summary = run_in_process(spark, ["--input", str(sample_images.images_dir), "--output", str(out),
+                                         "--model", MODEL, "--random-weights", "90210",  # no earlier test cached it
+                                         "--tasks-per-slot", "6", "--arrow-batch-size", "4", "--batch-size", "2",
+                                         "--precision", "bf16"])
     workers = summary["workers"]
     tasks = sum(w["tasks"] for w in workers)
     assert tasks == 12  # local[2] x 6 tasks per slot
@@ -189,6 +192,7 @@ def test_model_built_once_per_python_worker(spark, sample_images, tmp_path):
     ran = ["bf16"] if cpu_runs_bf16_natively() else ["fp32"]
     assert summary["precisions"] == ran and all(w["precisions"] == ran for w in workers)
     assert summary["settings"]["precision"] == "bf16"
+    assert ("--precision bf16 was asked for; the Python workers ran fp32" in caplog.text) == (ran == ["fp32"])
 
 
 def test_fp32_on_cuda_turns_tf32_off():
