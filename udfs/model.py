@@ -230,8 +230,8 @@ def cpu_runs_bf16_natively() -> bool:
     if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
         return any(getattr(torch.cpu, name, lambda: False)()
                    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-    oneDNN = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return bool(oneDNN()) if oneDNN is not None else True
+    onednn_says = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(onednn_says()) if onednn_says is not None else True
 
 
 AUTO_BATCH_SIZE = {"cpu": 8, "cuda": 256}
