@@ -170,6 +170,22 @@ def test_graph_that_fails_to_fuse_runs_unfused(weights, monkeypatch):
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)  # as the fused graph (above)
 
 
+def test_bf16_counts_as_native_only_with_bf16_instructions(monkeypatch):
+    """x86: AVX512-BF16 or AMX (an AVX2-only EPYC ran bf16 8.6x slower than fp32); elsewhere oneDNN's word."""
+    import platform
+
+    from udfs.model import cpu_runs_bf16_natively
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert not cpu_runs_bf16_natively()
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert cpu_runs_bf16_natively()
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert cpu_runs_bf16_natively() == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def test_model_built_once_per_python_worker(spark, sample_images, tmp_path, caplog):
     """Many tasks and batches, worker reuse on: one build per worker process, not per task. Asked for
     bf16, the summary says what ran: bf16 where the CPU has it natively, else fp32."""
