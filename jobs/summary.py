@@ -27,8 +27,7 @@ def worker_report(task_records: Iterable[dict[str, Any]]) -> list[dict[str, Any]
         })
         worker["peak_rss_mb"] = max(worker["peak_rss_mb"], record.get("peak_rss_mb", 0.0))
         worker["devices"].add(record["device"])
-        if record.get("precision"):
-            worker["precisions"].add(record["precision"])
+        worker["precisions"].add(record["precision"])
         worker["gpu_addresses"].update(record["gpu_addresses"])
         worker["model_builds"] += int(record["model_built"])
         worker["tasks"] += 1
@@ -142,7 +141,7 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     counts, accuracy, rate = summary["counts"], summary["accuracy"], summary["images_per_s"]
     weights = summary["weights"]
     errors = summary["errors_by_kind"]
-    precisions = f" ({', '.join(summary['precisions'])})" if summary.get("precisions") else ""
+    precisions = f" ({', '.join(summary['precisions'])})" if summary["precisions"] else ""  # none: nothing scored
     left_out = left_out_text(counts.get("skipped_non_image", 0), counts.get("skipped_in_output", 0),
                              counts.get("skipped_bad_name", 0))
     rows = [
