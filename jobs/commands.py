@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 from jobs.cli import EXIT_USAGE, UsageError, _Parser
 from jobs.report_data import RunData, RunDataError, read_local, read_with_spark
 from udfs.settings import S3Options
+from udfs.storage import is_local_uri, local_path
 
 log = logging.getLogger("infer_dogs")
 SUBCOMMANDS = ("report", "compare")
@@ -46,10 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _is_local(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file:")
-
-
 class _Readers:
     """Reads run directories; starts Spark only for a non-local one, once."""
 
@@ -66,9 +63,7 @@ class _Readers:
         return self._spark
 
     def read(self, uri: str, with_predictions: bool = True) -> RunData:
-        if _is_local(uri):
-            from udfs.storage import local_path
-
+        if is_local_uri(uri):
             if not local_path(uri).is_dir():
                 raise RunDataError(f"run directory not found: {uri}")
             return read_local(uri, with_predictions)
@@ -84,7 +79,7 @@ def run_report(args: argparse.Namespace, readers: _Readers) -> int:
 
     data = readers.read(args.run_dir)
     s3 = S3Options(endpoint_url=args.s3_endpoint_url, anonymous=args.s3_anonymous, region=args.s3_region)
-    uri = write_report(data, s3, None if _is_local(args.run_dir) else readers.spark())
+    uri = write_report(data, s3, None if is_local_uri(args.run_dir) else readers.spark())
     if data.summary.get("random_weights"):
         print("RANDOM WEIGHTS: this run's predictions and accuracy are meaningless (the report says so too).")
     print(f"report: {uri}")

@@ -43,7 +43,7 @@ from jobs.summary import summary_rows
 from udfs.decode import open_rgb
 from udfs.errors import ImageTooLarge
 from udfs.settings import S3Options
-from udfs.storage import local_path, read_bytes
+from udfs.storage import is_local_uri, local_path, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -274,10 +274,6 @@ def build_report(data: RunData, folder: Path, s3: S3Options) -> Path:
     page = folder / "report.html"
     page.write_text(render_html(data, chart_paths, confusions, thumbnails, ece), encoding="utf-8")
     return page
-
-
-def is_local_uri(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file:")
 
 
 def write_report(data: RunData, s3: S3Options, spark=None) -> str:

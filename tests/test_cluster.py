@@ -155,14 +155,20 @@ FAKE_GPU_CONF = {  # each worker has one fake GPU (tests/fake_gpus.sh); CUDA bei
 }
 
 
-def assert_each_executor_used_its_own_fake_gpu(summary: dict, work: Path, tasks_per_gpu: int) -> None:
-    executors = by_executor(summary["workers"])
-    assert len(executors) == 2, summary["workers"]
-    seen = {pid: {a for w in workers for a in w["gpu_addresses"]} for pid, workers in executors.items()}
+def assert_each_executor_used_its_own_fake_gpu(summary: dict, work: Path, shared_gpu: bool) -> None:
+    """Each executor's Python workers all used its one GPU and built the model once each. How many
+    workers an executor starts is the scheduler's choice (a task may start before a finished one's
+    worker is back in the pool), so it is not counted; with `shared_gpu`, some executor ran two
+    workers, which happens only when two of its tasks ran at once, on its one GPU."""
+    workers = summary["workers"]
+    executors = by_executor(workers)
+    assert len(executors) == 2, workers
+    seen = {pid: {a for w in on_executor for a in w["gpu_addresses"]} for pid, on_executor in executors.items()}
     assert sorted(sorted(addresses) for addresses in seen.values()) == [["0"], ["1"]], seen
-    for workers in executors.values():  # one Python worker per concurrent task, all on the executor's GPU
-        assert len(workers) == tasks_per_gpu, workers
-        assert all(w["devices"] == ["cpu"] and w["model_builds"] == 1 for w in workers), workers
+    assert all(w["devices"] == ["cpu"] and w["model_builds"] == 1 for w in workers), workers
+    assert summary["model_builds"] == len(workers)
+    if shared_gpu:
+        assert max(len(on_executor) for on_executor in executors.values()) >= 2, workers
     assert summary["devices"] == ["cpu"]
     # each executor's tasks logged which fake GPU they got and that they fell back to the CPU
     logs = executor_logs(work)
@@ -203,13 +209,12 @@ def test_two_executors_with_a_fake_gpu_each_match_local_mode(spark, s3_server, s
                                   read_per_class(tmp_path / "local").sort_values("wnid", ignore_index=True),
                                   check_exact=False, atol=1e-6)
 
-    # two executor JVMs (not the driver), one Python worker each on its own GPU, each built the model once
-    assert_each_executor_used_its_own_fake_gpu(summary, tmp_path, tasks_per_gpu=1)
+    # two executor JVMs (not the driver), each executor's workers on its own GPU, each built the model once
+    assert_each_executor_used_its_own_fake_gpu(summary, tmp_path, shared_gpu=False)
     assert submitted.driver_pid not in by_executor(summary["workers"])
     for worker in summary["workers"]:
         assert worker["tasks"] >= 1 and worker["images"] >= 1  # both executors scored
     assert sum(w["images"] for w in summary["workers"]) == len(images)
-    assert summary["model_builds"] == 2
     assert "scoring stage asks for 1.0 GPU per task" in submitted.stdout  # the driver's log (PythonRunner)
 
     # bytes were read on the executors: every image once by an executor; the driver sent no request for any
@@ -234,4 +239,4 @@ def test_the_shipped_gpu_conf_shares_each_fake_gpu_between_two_tasks(sample_imag
     summary = read_summary(tmp_path / "run")
     assert summary["counts"]["images"] == len(sample_images.files()) and summary["counts"]["errors"] == 0
     print("timings", summary["timing_s"], "\nworkers", summary["workers"])
-    assert_each_executor_used_its_own_fake_gpu(summary, tmp_path, tasks_per_gpu=2)
+    assert_each_executor_used_its_own_fake_gpu(summary, tmp_path, shared_gpu=True)

@@ -188,7 +188,12 @@ def test_bf16_counts_as_native_only_with_bf16_instructions(monkeypatch):
 
 def test_model_built_once_per_python_worker(spark, sample_images, tmp_path, caplog):
     """Many tasks and batches, worker reuse on: one build per worker process, not per task. Asked for
-    bf16, the summary says what ran: bf16 where the CPU has it natively, else fp32."""
+    bf16, the summary says what ran: bf16 where the CPU has it natively, else fp32.
+
+    How many Python workers serve the tasks is the scheduler's choice (the shared session keeps
+    idle workers from earlier tests), so the bounds come from what this run reports: every worker
+    that scored built the model exactly once, and fewer workers than tasks means some worker ran
+    several tasks on its one build."""
     from udfs.model import cpu_runs_bf16_natively
 
     out = tmp_path / "run"
@@ -199,10 +204,9 @@ def test_model_built_once_per_python_worker(spark, sample_images, tmp_path, capl
                                          "--precision", "bf16"])
     workers = summary["workers"]
     tasks = sum(w["tasks"] for w in workers)
-    assert tasks == 12  # local[2] x 6 tasks per slot
-    assert 1 <= len(workers) <= 2
-    assert summary["model_builds"] == len(workers)
-    assert all(w["model_builds"] == 1 for w in workers)
+    assert tasks == 12  # local[2] x 6 tasks per slot: the job's partitioning, not the scheduler's
+    assert all(w["model_builds"] == 1 for w in workers), workers
+    assert summary["model_builds"] == len(workers) < tasks, workers  # so some worker reused its build
     assert sum(w["images"] for w in workers) == len(sample_images.files()) == len(read_predictions(out))
     assert summary["devices"] == ["cpu"]
     ran = ["bf16"] if cpu_runs_bf16_natively() else ["fp32"]

@@ -271,3 +271,63 @@ def test_report_for_a_remote_run_dir_is_copied_through_hadoop(spark, report_run,
     assert report.write_report(data, S3Options(), spark) == f"file://{copy}/report.html"
     assert parse_report((copy / "report.html").read_text(encoding="utf-8")).tables["per-breed"]
     assert {p.name for p in (copy / "charts").iterdir()} >= CHART_NAMES
+
+
+class _StubHadoopFiles:
+    """Stands in for jobs.outputs.HadoopFiles: keeps what is uploaded, by destination URI."""
+
+    uploaded: dict[str, bytes] = {}
+
+    def __init__(self, spark) -> None:
+        pass
+
+    def upload(self, local_file: str, uri: str) -> None:
+        self.uploaded[uri] = Path(local_file).read_bytes()
+
+
+class _StubSession:
+    """Where a Spark session is handed on: the stubs above never use it."""
+
+
+@pytest.mark.parametrize("root", ["dbfs:/runs/r1", "hdfs://namenode:8020/runs/r1", "s3://bucket/runs/r1"])
+def test_remote_run_dirs_are_never_taken_for_local_folders(report_run, root, tmp_path, monkeypatch, capsys):
+    """The end of a run and the `report` command with a dbfs:/, hdfs:// or s3:// run directory
+    build the report aside and upload it there, never into a folder named after the URI. Only the
+    filesystem calls are stubbed (reading the run's Parquet, uploading); what counts as local is
+    udfs.storage.is_local_uri itself."""
+    import dataclasses
+
+    import jobs.commands as commands
+    import jobs.outputs as outputs
+    import jobs.report_data as report_data
+    from jobs.outputs import RunPaths
+    from jobs.report import write_run_report
+    from udfs.settings import S3Options
+
+    out, summary, _ = report_run
+    data = dataclasses.replace(read_local(out), root=root)
+
+    def read_remote(spark, uri, summary=None, with_predictions=True):
+        assert uri == root
+        return data
+
+    monkeypatch.setattr(outputs, "HadoopFiles", _StubHadoopFiles)
+    monkeypatch.setattr(_StubHadoopFiles, "uploaded", {})
+    monkeypatch.setattr(report_data, "read_with_spark", read_remote)  # what write_run_report reads with
+    monkeypatch.setattr(commands, "read_with_spark", read_remote)
+    session = _StubSession()
+    monkeypatch.setattr(commands._Readers, "spark", lambda self: session)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    expected = {f"{root}/report.html"} | {f"{root}/charts/{name}" for name in CHART_NAMES}
+
+    assert write_run_report(session, S3Options(), RunPaths(root), summary) == f"{root}/report.html"
+    assert set(_StubHadoopFiles.uploaded) == expected
+    assert parse_report(_StubHadoopFiles.uploaded[f"{root}/report.html"].decode("utf-8")).tables["per-breed"]
+
+    _StubHadoopFiles.uploaded.clear()
+    assert main(["report", root]) == 0
+    assert f"report: {root}/report.html" in capsys.readouterr().out
+    assert set(_StubHadoopFiles.uploaded) == expected
+    assert list(cwd.iterdir()) == []  # nothing built in a relative folder named `dbfs:` or the like
