@@ -285,10 +285,6 @@ class _StubHadoopFiles:
         self.uploaded[uri] = Path(local_file).read_bytes()
 
 
-class _StubSession:
-    """Where a Spark session is handed on: the stubs above never use it."""
-
-
 @pytest.mark.parametrize("root", ["dbfs:/runs/r1", "hdfs://namenode:8020/runs/r1", "s3://bucket/runs/r1"])
 def test_remote_run_dirs_are_never_taken_for_local_folders(report_run, root, tmp_path, monkeypatch, capsys):
     """The end of a run and the `report` command with a dbfs:/, hdfs:// or s3:// run directory
@@ -315,7 +311,7 @@ def test_remote_run_dirs_are_never_taken_for_local_folders(report_run, root, tmp
     monkeypatch.setattr(_StubHadoopFiles, "uploaded", {})
     monkeypatch.setattr(report_data, "read_with_spark", read_remote)  # what write_run_report reads with
     monkeypatch.setattr(commands, "read_with_spark", read_remote)
-    session = _StubSession()
+    session = object()  # handed on as the Spark session; the stubs never use it
     monkeypatch.setattr(commands._Readers, "spark", lambda self: session)
     cwd = tmp_path / "cwd"
     cwd.mkdir()
