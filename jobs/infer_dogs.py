@@ -1,4 +1,4 @@
-"""infer-dogs: score a folder tree of images with a torchvision model on Spark.
+"""infer-dogs: score a folder tree of images with a torchvision or timm model on Spark.
 
     spark-submit jobs/infer_dogs.py --input s3://bucket/dogs/Images/ --output /data/run1
     python -m jobs.infer_dogs ...        infer-dogs ...        (same flags; --help lists them)
@@ -96,7 +96,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(dry_run(settings, listing))
             return 0
         refuse_local_run_before_spark(settings.input, settings.output, settings.mode, settings.resume)
-    except (UsageError, ListingError, OutputExistsError) as exc:
+        if settings.weights is None and settings.random_weights is None:  # the library's weights:
+            # a download that fails must end the run before Spark starts (a timm or torchvision
+            # download takes longer than the import this forgoes overlapping with Spark's start)
+            settings = importlib.import_module(TORCH_SIDE).fetch_pretrained_weights(settings)
+    except (UsageError, ListingError, OutputExistsError, WeightsError) as exc:
         print(f"infer-dogs: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     log.info("listed %d images (%d non-image objects skipped)", len(listing.images), listing.skipped_non_image)
@@ -107,7 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     spark = start_spark(settings)
     try:
         run_job = torch_side.result().run_job  # imported while Spark started
-        validate_model(settings)
+        settings = validate_model(settings)
         timings["spark_start"] = time.perf_counter() - step
         summary = run_job(spark, settings, listing, timings)
         per_class = spark.read.parquet(summary["outputs"]["per_class_accuracy"]).toPandas()

@@ -22,6 +22,7 @@ from pyspark.resource import ResourceProfile
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from jobs.cli import validate_model
 from jobs.listing import Listing
 from jobs.outputs import (RunPaths, append_parquet, check_one_row_per_image, prepare_output, write_parquet,
                           write_summary)
@@ -32,7 +33,8 @@ from jobs.resume import chunks, pending_images
 from jobs.spark_session import configure_session, scoring_partitions, scoring_profile
 from jobs.summary import build_summary
 from udfs.labels import ClassNames
-from udfs.model import default_weights, resolve_weights
+from udfs.model import resolve_weights
+from udfs.model_source import pretrained_weights_file
 from udfs.schema import IMAGES_SCHEMA, SCORED_SCHEMA
 from udfs.scoring_udf import make_score_fn
 from udfs.settings import Settings
@@ -54,10 +56,19 @@ def weights_workdir() -> Path:
     return _weights_dir
 
 
+def fetch_pretrained_weights(settings: Settings) -> Settings:
+    """The library's pretrained weights, downloaded (or found in its cache) before Spark starts,
+    so that a run that cannot have them ends with one line instead of a started Spark."""
+    settings = validate_model(settings)
+    if settings.weights is None and settings.random_weights is None:
+        pretrained_weights_file(settings.model_source, weights_workdir())
+    return settings
+
+
 def ship_weights(spark: SparkSession, settings: Settings) -> Settings:
     """Resolve the weights on the driver once and ship the file to every executor."""
     source, path = resolve_weights(
-        settings.model, settings.weights, settings.random_weights, weights_workdir(), settings.s3
+        settings.model_source, settings.weights, settings.random_weights, weights_workdir(), settings.s3
     )
     spark.sparkContext.addFile(str(path))
     if source.is_random:
@@ -66,9 +77,8 @@ def ship_weights(spark: SparkSession, settings: Settings) -> Settings:
     return settings.with_weights_source(source)
 
 
-def truth_unknown_to_model(model_name: str, images) -> list[str]:
+def truth_unknown_to_model(names: ClassNames, images) -> list[str]:
     """The listed truths (wnids) the model cannot predict: their images count as without truth."""
-    names = ClassNames.for_categories(default_weights(model_name).meta["categories"])
     return sorted(wnid for wnid in set(images["wnid"].dropna()) if not names.knows(wnid))
 
 
@@ -92,13 +102,13 @@ def run_job(spark: SparkSession, settings: Settings, listing: Listing,
     timings = dict(timings or {})
     started = time.perf_counter()
     paths = RunPaths(settings.output)
-    settings = configure_session(spark, settings)
+    settings = validate_model(configure_session(spark, settings))  # resolved once; a no-op after main's
     profile = scoring_profile(spark, settings)  # checked before OUTPUT is touched, like the weights
     settings = ship_weights(spark, settings)  # before OUTPUT is touched: bad weights clear nothing
     prepare_output(spark, paths, settings.mode, settings.resume)
     pending, resumed_run_id = pending_images(spark, paths, settings, listing.images)
     settings = settings.with_run_id(resumed_run_id or settings.run_id or new_run_id())
-    unknown_truth = truth_unknown_to_model(settings.model, listing.images)
+    unknown_truth = truth_unknown_to_model(settings.model_source.classes, listing.images)
     if unknown_truth:
         log.warning("%d listed class(es) are not among %s's classes, so their images count in no accuracy: %s",
                     len(unknown_truth), settings.model, ", ".join(unknown_truth[:10]))

@@ -35,9 +35,9 @@ EXIF_ORIENTATION = 0x0112
 def dog_breeds(count: int, categories: Optional[list[str]] = None) -> list[tuple[str, str]]:
     """(wnid, folder breed name) of the first `count` Stanford Dogs breeds."""
     if categories is None:
-        from udfs.model import default_weights
+        from udfs.model_source import imagenet_categories
 
-        categories = default_weights("resnet50").meta["categories"]
+        categories = imagenet_categories()
     wnids = imagenet_wnids()
     return [(wnids[i], categories[i].replace(" ", "_")) for i in DOG_INDICES[:count]]
 

@@ -76,6 +76,7 @@ def build_summary(
         "input": settings.input,
         "outputs": outputs,
         "model": settings.model,
+        "model_source": settings.model_source.describe(),  # library, architecture, classes, preprocessing
         "weights": {"kind": source.kind, "description": source.description, "sha256": source.sha256,
                     "seed": source.seed},
         "random_weights": source.is_random,
@@ -136,6 +137,23 @@ def wall_time_text(timing: dict[str, Any]) -> str:
     return f"{total:.1f} s: {text}" if total is not None else text
 
 
+def model_text(summary: dict[str, Any]) -> str:
+    """`timm/tf_efficientnet_lite0 (timm tf_efficientnet_lite0, 1000 classes)`."""
+    source = summary.get("model_source")
+    if not source:
+        return str(summary["model"])
+    return f"{summary['model']} ({source['library']} {source['architecture']}, {source['num_classes']} classes)"
+
+
+def preprocessing_text(prep: dict[str, Any]) -> str:
+    """`resize 256 bicubic, centre crop 224, mean 0.5 0.5 0.5, std 0.5 0.5 0.5`."""
+    def numbers(values) -> str:
+        return " ".join(f"{v:g}" for v in values)
+
+    return (f"resize {'x'.join(map(str, prep['resize']))} {prep['interpolation']}, centre crop "
+            f"{'x'.join(map(str, prep['crop']))}, mean {numbers(prep['mean'])}, std {numbers(prep['std'])}")
+
+
 def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     """(name, value) rows of the run summary: the printed table and the report's table."""
     counts, accuracy, rate = summary["counts"], summary["accuracy"], summary["images_per_s"]
@@ -146,7 +164,7 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
                              counts.get("skipped_bad_name", 0))
     rows = [
         ("run", f"{summary['run_id']} ({summary.get('status', 'complete')})"),
-        ("model", f"{summary['model']}, weights {weights['description']} (sha256 {str(weights['sha256'])[:12]})"),
+        ("model", f"{model_text(summary)}, weights {weights['description']} (sha256 {str(weights['sha256'])[:12]})"),
         ("input", str(summary["input"])),
         ("devices", f"{', '.join(summary['devices']) or 'n/a'}{precisions}: {len(summary['workers'])} Python "
                     f"worker(s), {summary['model_builds']} model build(s)"),
@@ -156,6 +174,8 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("top-1 accuracy", f"{_pct(accuracy['top1'])} over {counts['with_truth']:,} images with a known truth"),
         ("top-5 accuracy", _pct(accuracy["top5"])),
     ]
+    if summary.get("model_source"):  # runs written before model sources existed have none
+        rows.insert(2, ("preprocessing", preprocessing_text(summary["model_source"]["preprocessing"])))
     if accuracy.get("note"):
         rows.append(("accuracy note", accuracy["note"]))
     rates = {name: "n/a" if value is None else value for name, value in rate.items()}  # nothing scored: no rate

@@ -62,8 +62,9 @@ import torch
 PROJECT = Path(__file__).resolve().parents[1]
 
 from udfs.decode import Preprocessing, decode_and_preprocess, normalize_batch
-from udfs.model import (autocast_to, cpu_runs_bf16_natively, default_weights, exact_fp32_on_cuda, load_model,
-                        optimize_graph, resolve_batch_size, resolve_precision)
+from udfs.model import (autocast_to, cpu_runs_bf16_natively, exact_fp32_on_cuda, load_model, optimize_graph,
+                        resolve_batch_size, resolve_precision)
+from udfs.model_source import resolve_model_source
 from udfs.storage import read_bytes
 from udfs.settings import S3Options
 
@@ -94,11 +95,12 @@ def _forward_loop(model_name: str, weights: str, device: str, threads: int, batc
                   precision: str, graph: str, seconds: float, barrier, results) -> None:
     torch.set_num_threads(threads)
     dev = torch.device(device)
-    prep = Preprocessing.from_transforms(default_weights(model_name).transforms())
+    source = resolve_model_source(model_name)
+    prep = source.preprocessing
     size = prep.crop_size[0]
     dtype = resolve_precision(precision, dev)
     exact_fp32_on_cuda(dev, dtype)
-    model = optimize_graph(load_model(model_name, Path(weights), dev, channels_last), graph, dev, batch, size,
+    model = optimize_graph(load_model(source, Path(weights), dev, channels_last), graph, dev, batch, prep.crop_size,
                            channels_last, dtype)
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
 
@@ -204,7 +206,7 @@ _PREP: Optional[Preprocessing] = None
 def _init_decoder(model_name: str) -> None:
     global _PREP
     torch.set_num_threads(1)
-    _PREP = Preprocessing.from_transforms(default_weights(model_name).transforms())
+    _PREP = resolve_model_source(model_name).preprocessing
 
 
 def _decode_one(path: str) -> int:

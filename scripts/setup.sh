@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything infer-dogs needs on a fresh Debian/Ubuntu machine with Python 3:
 # Java 17 (apt, only when `java` is missing), a virtualenv in .venv with the pinned torch build,
-# and the project itself (editable) with its test extras. Safe to run again: it only fills gaps.
+# and the project itself (editable) with its test and demo extras. Safe to run again: it only fills gaps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +23,6 @@ PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 # torch and torchvision are pinned together: other combinations are not available here.
 $PIP install "torch==2.14.1" "torchvision==0.29.1"
 $VENV/bin/python -c "import torch, torchvision" 
-$PIP install -e ".[test]"
+$PIP install -e ".[test,demo]"
 $VENV/bin/python -c "import jobs, udfs, pyspark, moto"
 echo "setup: ready ($VENV, $($VENV/bin/python -c 'import torch, pyspark; print("torch", torch.__version__, "pyspark", pyspark.__version__)'))" >&2

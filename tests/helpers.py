@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Sequence
@@ -11,12 +12,25 @@ import pandas as pd
 from jobs.cli import parse_settings
 from jobs.run import run_job
 from jobs.listing import list_images
+from udfs.model_source import ModelSource, resolve_model_source
+from udfs.settings import Settings
 
 
 def run_in_process(spark, argv: Sequence[str]) -> dict:
     """Parse `argv` like the CLI, list, and run the job on the test session; returns the summary."""
     settings = parse_settings(list(argv))
     return run_job(spark, settings, list_images(settings))
+
+
+@functools.cache
+def model_source(name: str) -> ModelSource:
+    return resolve_model_source(name)
+
+
+def scoring_settings(**fields) -> Settings:
+    """Settings as the driver hands them to the executors: `model` resolved to its source."""
+    settings = Settings(**{"input": ".", "output": ".", **fields})
+    return settings.with_model_source(model_source(settings.model))
 
 
 def read_predictions(output: Path) -> pd.DataFrame:

@@ -65,20 +65,31 @@ class StoppedSpark:
 
 
 def test_unknown_model_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
-    """Checked once torchvision is imported (beside Spark's start), before OUTPUT or weights are touched."""
+    """With the library's weights to fetch, the name is checked before Spark starts; with weights of
+    the user's, once torchvision is imported (beside Spark's start). Either way before OUTPUT or
+    weights are touched, in one line that names the close matches."""
     import jobs.infer_dogs as infer_dogs
 
     (tmp_path / "images").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.jpg")
-    spark = StoppedSpark()
-    monkeypatch.setattr(infer_dogs, "start_spark", lambda settings: spark)
+    started = []
+
+    def start_spark(settings):
+        started.append(StoppedSpark())
+        return started[-1]
+
+    monkeypatch.setattr(infer_dogs, "start_spark", start_spark)
     argv = ["--input", str(tmp_path / "images"), "--output", str(tmp_path / "o"), "--model", "resnet9000"]
+    message = "infer-dogs: error: unknown torchvision classification model 'resnet9000': did you mean resnet50"
     assert main(argv) == 2
-    assert spark.stopped and not (tmp_path / "o").exists()
-    message = "infer-dogs: error: unknown torchvision classification model 'resnet9000'"
+    assert not started and not (tmp_path / "o").exists()
+    assert capsys.readouterr().err.strip().startswith(message)
+    assert main([*argv, "--random-weights", "0"]) == 2
+    assert len(started) == 1 and started[0].stopped and not (tmp_path / "o").exists()
     assert capsys.readouterr().err.strip().startswith(message)
     assert main([*argv, "--dry-run"]) == 2  # the dry run checks it too, without Spark
     assert capsys.readouterr().err.strip().startswith(message)
+    assert len(started) == 1
 
 
 def test_unknown_config_key_is_refused(tmp_path):

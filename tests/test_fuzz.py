@@ -19,11 +19,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import images_frame
+from tests.helpers import images_frame, model_source, scoring_settings
 from tests.reference import make_spread_weights
 from udfs.model import load_model
 from udfs.predictor import Predictor
-from udfs.settings import Settings
 
 pytestmark = [pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning"),
               pytest.mark.usefixtures("one_torch_thread")]
@@ -40,8 +39,8 @@ def fuzz_setup(sample_images, tmp_path_factory):
     files = sample_images.files()
     folder = tmp_path_factory.mktemp("fuzz")
     weights = make_spread_weights(MODEL, 5, files, folder / "w.pt")
-    settings = Settings(input=".", output=".", model=MODEL, batch_size=2, decode_threads=2)
-    predictor = Predictor(settings, torch.device("cpu"), load_model(MODEL, weights, torch.device("cpu"), True))
+    settings = scoring_settings(model=MODEL, batch_size=2, decode_threads=2)
+    predictor = Predictor(settings, torch.device("cpu"), load_model(model_source(MODEL), weights, torch.device("cpu"), True))
     seeds = [f.read_bytes() for f in files[::40][:3]]
     intact = files[1]
     alone = score(predictor, [str(intact)])

@@ -12,14 +12,14 @@ import torch
 from PIL import Image, ImageOps
 
 from tests.reference import make_spread_weights
-from udfs.decode import Preprocessing, decode_and_preprocess
+from udfs.decode import decode_and_preprocess
 from udfs.gpu_decode import EXIF_ORIENTATION, EncodedJpeg, apply_orientation, decode_batch, probe_jpeg
-from udfs.model import default_weights, load_model
+from tests.helpers import model_source, scoring_settings
+from udfs.model import load_model
 from udfs.predictor import Predictor
-from udfs.settings import Settings
 
 MODEL = "mobilenet_v3_small"
-PREP = Preprocessing.from_transforms(default_weights(MODEL).transforms())
+PREP = model_source(MODEL).preprocessing
 
 
 def jpeg_bytes(image: Image.Image, **save) -> bytes:
@@ -78,9 +78,9 @@ def test_a_broken_jpeg_falls_back_to_one_error_row(sample_images, tmp_path):
     batch = pd.DataFrame({"path": [str(p) for p in paths], "image_id": [p.stem for p in paths],
                           "wnid": [None] * len(paths), "label": [None] * len(paths),
                           "size_bytes": [p.stat().st_size for p in paths]})
-    model = load_model(MODEL, weights, torch.device("cpu"), True)
-    plain = Predictor(Settings(input=".", output=".", model=MODEL, batch_size=4), torch.device("cpu"), model)(batch)
-    device = Predictor(Settings(input=".", output=".", model=MODEL, batch_size=4, gpu_decode=True),
+    model = load_model(model_source(MODEL), weights, torch.device("cpu"), True)
+    plain = Predictor(scoring_settings(model=MODEL, batch_size=4), torch.device("cpu"), model)(batch)
+    device = Predictor(scoring_settings(model=MODEL, batch_size=4, gpu_decode=True),
                        torch.device("cpu"), model)(batch)
     assert device["error"].notna().tolist() == [False, False, True, False, False, False]
     assert device.loc[2, "error_kind"] == "decode_error"

@@ -9,12 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.helpers import read_predictions, run_in_process
+from tests.helpers import model_source, read_predictions, run_in_process, scoring_settings
 from tests.reference import make_spread_weights, model_from_file, reference_probabilities
-from udfs.decode import Preprocessing, normalize_batch
-from udfs.model import default_weights, load_model, optimize_graph
+from udfs.decode import normalize_batch
+from udfs.model import load_model, optimize_graph
 from udfs.predictor import Predictor, resolve_precision
-from udfs.settings import Settings
 
 MODEL = "mobilenet_v3_small"
 
@@ -36,8 +35,8 @@ def test_a_broken_image_is_one_error_row_and_the_rest_are_scored(sample_images, 
     broken.parent.mkdir()
     broken.write_bytes(good[0].read_bytes()[:600])  # truncated JPEG
     paths = good[:3] + [broken] + good[3:]
-    settings = Settings(input=".", output=".", model=MODEL, batch_size=4)
-    predictor = Predictor(settings, torch.device("cpu"), load_model(MODEL, weights, torch.device("cpu"), True))
+    settings = scoring_settings(model=MODEL, batch_size=4)
+    predictor = Predictor(settings, torch.device("cpu"), load_model(model_source(MODEL), weights, torch.device("cpu"), True))
     out = predictor(frame(paths))
 
     assert len(out) == len(paths)
@@ -61,8 +60,8 @@ def test_a_truth_the_model_cannot_predict_is_no_truth(sample_images, weights):
     files = sample_images.files()[:4]
     images = frame(files)
     images.loc[:1, "wnid"] = ["n99999999", "n00000001"]
-    settings = Settings(input=".", output=".", model=MODEL, batch_size=4)
-    predictor = Predictor(settings, torch.device("cpu"), load_model(MODEL, weights, torch.device("cpu"), True))
+    settings = scoring_settings(model=MODEL, batch_size=4)
+    predictor = Predictor(settings, torch.device("cpu"), load_model(model_source(MODEL), weights, torch.device("cpu"), True))
     out = predictor(images)
     assert out["correct"].isna().tolist() == [True, True, False, False]
     assert out["top5_correct"].isna().tolist() == [True, True, False, False]
@@ -71,8 +70,8 @@ def test_a_truth_the_model_cannot_predict_is_no_truth(sample_images, weights):
 
 def test_stream_of_batches_keeps_order_and_rows(sample_images, weights):
     files = sample_images.files()[:10]
-    settings = Settings(input=".", output=".", model=MODEL, batch_size=3)
-    predictor = Predictor(settings, torch.device("cpu"), load_model(MODEL, weights, torch.device("cpu"), True))
+    settings = scoring_settings(model=MODEL, batch_size=3)
+    predictor = Predictor(settings, torch.device("cpu"), load_model(model_source(MODEL), weights, torch.device("cpu"), True))
     batches = [frame(files[i:i + 4]) for i in range(0, len(files), 4)]
     outputs = list(predictor.predict_batches(iter(batches)))
     assert [len(o) for o in outputs] == [4, 4, 2]
@@ -84,9 +83,9 @@ def test_an_image_scores_the_same_whatever_shares_its_batch(sample_images, weigh
     """On CPU short batches are padded to the model batch: alone, first or last among others, an image's
     probabilities are bit for bit the same (the fused CPU graph picks kernels per shape)."""
     files = sample_images.files()[:9]
-    settings = Settings(input=".", output=".", model=MODEL, batch_size=4)
+    settings = scoring_settings(model=MODEL, batch_size=4)
     cpu = torch.device("cpu")
-    predictor = Predictor(settings, cpu, optimize_graph(load_model(MODEL, weights, cpu, True), "auto", cpu, 4, 224, True))
+    predictor = Predictor(settings, cpu, optimize_graph(load_model(model_source(MODEL), weights, cpu, True), "auto", cpu, 4, (224,), True))
     alone = predictor(frame(files[8:9])).iloc[0]
     last = predictor(frame(files[5:9])).iloc[-1]
     after_a_full_batch = predictor(frame(files[:9])).iloc[-1]  # a batch of 4, 4, then 1
@@ -113,12 +112,12 @@ def test_reduced_precision_is_traced_into_the_frozen_graph(weights):
     """--precision bf16 on CPU: the TorchScript graph is traced under autocast, so it runs bf16
     kernels (a graph traced in fp32 ignores autocast's speed-up); results match eager autocast."""
     cpu = torch.device("cpu")
-    prep = Preprocessing.from_transforms(default_weights(MODEL).transforms())
+    prep = model_source(MODEL).preprocessing
     images = torch.randint(0, 256, (4, 3, 224, 224), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
     inputs = normalize_batch(images, prep, torch.float32).contiguous(memory_format=torch.channels_last)
-    eager = load_model(MODEL, weights, cpu, True)
-    bf16_graph = optimize_graph(load_model(MODEL, weights, cpu, True), "torchscript", cpu, 4, 224, True, torch.bfloat16)
-    fp32_graph = optimize_graph(load_model(MODEL, weights, cpu, True), "torchscript", cpu, 4, 224, True)
+    eager = load_model(model_source(MODEL), weights, cpu, True)
+    bf16_graph = optimize_graph(load_model(model_source(MODEL), weights, cpu, True), "torchscript", cpu, 4, (224,), True, torch.bfloat16)
+    fp32_graph = optimize_graph(load_model(model_source(MODEL), weights, cpu, True), "torchscript", cpu, 4, (224,), True)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         expected = eager(inputs).float().softmax(1)
         got = bf16_graph(inputs)
@@ -128,7 +127,7 @@ def test_reduced_precision_is_traced_into_the_frozen_graph(weights):
 
 
 def graph_inputs(batch: int) -> torch.Tensor:
-    prep = Preprocessing.from_transforms(default_weights(MODEL).transforms())
+    prep = model_source(MODEL).preprocessing
     images = torch.randint(0, 256, (batch, 3, 224, 224), generator=torch.Generator().manual_seed(5), dtype=torch.uint8)
     return normalize_batch(images, prep, torch.float32).contiguous(memory_format=torch.channels_last)
 
@@ -139,8 +138,8 @@ def test_cpu_graph_runs_fused_by_onednn_and_matches_eager(weights):
     for the CPU's instructions, 1.4e-5 measured on an AVX2-only EPYC), also for a last batch smaller
     than the traced one."""
     cpu = torch.device("cpu")
-    eager = load_model(MODEL, weights, cpu, True)
-    graph = optimize_graph(load_model(MODEL, weights, cpu, True), "auto", cpu, 4, 224, True)
+    eager = load_model(model_source(MODEL), weights, cpu, True)
+    graph = optimize_graph(load_model(model_source(MODEL), weights, cpu, True), "auto", cpu, 4, (224,), True)
     for batch in (4, 3):
         inputs = graph_inputs(batch)
         with torch.inference_mode():
@@ -161,10 +160,10 @@ def test_graph_that_fails_to_fuse_runs_unfused(weights, monkeypatch):
 
     monkeypatch.setattr(udfs.model, "_script", no_fusion)
     cpu = torch.device("cpu")
-    graph = optimize_graph(load_model(MODEL, weights, cpu, True), "auto", cpu, 4, 224, True)
+    graph = optimize_graph(load_model(model_source(MODEL), weights, cpu, True), "auto", cpu, 4, (224,), True)
     inputs = graph_inputs(4)
     with torch.inference_mode():
-        got, expected = graph(inputs).softmax(1), load_model(MODEL, weights, cpu, True)(inputs).softmax(1)
+        got, expected = graph(inputs).softmax(1), load_model(model_source(MODEL), weights, cpu, True)(inputs).softmax(1)
     assert isinstance(graph, torch.jit.ScriptModule) and not torch.jit.onednn_fusion_enabled()
     assert "oneDNNFusionGroup" not in str(torch.jit.last_executed_optimized_graph())
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)  # as the fused graph (above)
@@ -239,6 +238,6 @@ def test_batch_size_defaults_per_device(weights):
     assert resolve_batch_size(None, torch.device("cuda", 0)) == 256
     assert resolve_batch_size(5, torch.device("cuda", 0)) == 5
     model = model_from_file(MODEL, weights)
-    predictor = Predictor(Settings(input=".", output=".", model=MODEL), torch.device("cpu"), model)
+    predictor = Predictor(scoring_settings(model=MODEL), torch.device("cpu"), model)
     assert predictor.batch_size == 8 and predictor.window == 2 * 8 + predictor.settings.decode_threads
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pandas as pd
 
 from jobs.summary import build_summary, format_per_class, format_summary, summary_rows
-from udfs.settings import Settings, WeightsSource
+from tests.helpers import scoring_settings
+from udfs.settings import WeightsSource
 
 
 def make_summary(random: bool = False) -> dict:
     source = WeightsSource(kind="random" if random else "file", description="w.pt", sha256="ab" * 32,
                            file_name="w.pt", seed=1 if random else None)
-    settings = Settings(input="s3://b/dogs/", output="/runs/r1", model="resnet50").with_weights_source(source)
+    settings = scoring_settings(input="s3://b/dogs/", output="/runs/r1", model="resnet50").with_weights_source(source)
     settings = settings.with_run_id("20260101T000000Z-abcdef")
     totals = {"images": 1200, "scored": 1197, "errors": 3, "with_truth": 1197, "top1_accuracy": 0.8,
               "top5_accuracy": 0.95, "errors_by_kind": {"decode_error": 2, "not_found": 1}}
@@ -36,6 +37,19 @@ def test_rows_cover_accuracy_images_errors_rates_time_and_outputs():
                                  "62.0, per-class aggregation 3.0, report 2.0 (first scoring task start to last end: "
                                  "60.0)")
     assert rows["report"] == "/runs/r1/report.html"
+
+
+def test_model_rows_say_which_source_weights_and_preprocessing_ran():
+    summary = make_summary()
+    rows = dict(summary_rows(summary))
+    assert rows["model"] == f"resnet50 (torchvision resnet50, 1000 classes), weights w.pt (sha256 {'ab' * 6})"
+    # torchvision's ResNet50 DEFAULT (IMAGENET1K_V2) transform
+    assert rows["preprocessing"] == ("resize 232 bilinear, centre crop 224, mean 0.485 0.456 0.406, "
+                                     "std 0.229 0.224 0.225")
+    assert summary["model_source"]["pretrained"] == "ResNet50_Weights.IMAGENET1K_V2"
+    del summary["model_source"]  # a run written before model sources
+    rows = dict(summary_rows(summary))
+    assert rows["model"].startswith("resnet50, weights") and "preprocessing" not in rows
 
 
 def test_printed_summary_is_an_aligned_table_with_the_banner_first_when_random():

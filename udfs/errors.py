@@ -24,6 +24,10 @@ class WeightsError(ValueError):
     """The weights cannot be had or do not fit the model (a user error: exit code 2)."""
 
 
+class ModelSourceError(ValueError):
+    """`--model` names nothing that can be built and scored (a user error: exit code 2)."""
+
+
 class ImageTooLarge(Exception):
     """The object is bigger than `--max-image-bytes`; it is not read."""
 

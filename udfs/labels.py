@@ -2,7 +2,8 @@
 
 The truth of an image is its wnid; a prediction is correct when `pred_wnid == wnid`. The
 index -> wnid table comes from timm's ImageNet-1k class index (`timm.data.ImageNetInfo`'s data,
-in index order); display names from the weights' `meta["categories"]`. Names are never compared.
+in index order); display names come with the model source (`udfs.model_source`). Names are never
+compared.
 """
 
 from __future__ import annotations

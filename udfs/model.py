@@ -1,7 +1,8 @@
-"""Building a torchvision classifier, resolving its weights, and choosing its device.
+"""A model's weights, its device, precision and graph: building the model a worker runs.
 
 Driver side (`resolve_weights`): turn `--weights PATH|s3://...`, `--random-weights SEED` or
-torchvision's default weights into one local state-dict file and its sha256. The driver ships
+the library's pretrained weights (`udfs.model_source`) into one local state-dict file and its
+sha256. The driver ships
 that file to executors with `SparkContext.addFile`, so the weights are fetched once per run, not
 once per executor, and executors never need internet access.
 
@@ -24,29 +25,12 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from udfs.torchvision_import import load_torchvision
-
-load_torchvision()  # first, so that torchvision comes without TorchDynamo
-import torchvision
-from torchvision.models import WeightsEnum
 
 from udfs.errors import WeightsError
+from udfs.model_source import ModelSource, pretrained_weights_file
 from udfs.settings import S3Options, WeightsSource
 
 log = logging.getLogger(__name__)
-
-
-def classification_models() -> list[str]:
-    return sorted(torchvision.models.list_models(module=torchvision.models))
-
-
-def default_weights(model_name: str) -> WeightsEnum:
-    """torchvision's DEFAULT weights entry: source of the transforms and category names."""
-    return torchvision.models.get_model_weights(model_name).DEFAULT
-
-
-def build_architecture(model_name: str) -> torch.nn.Module:
-    return torchvision.models.get_model(model_name, weights=None)
 
 
 def sha256_of(path: Path) -> str:
@@ -57,10 +41,10 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def random_state_dict(model_name: str, seed: int) -> dict[str, torch.Tensor]:
+def random_state_dict(source: ModelSource, seed: int) -> dict[str, torch.Tensor]:
     """The seeded random initialisation every process reproduces (tests build it too)."""
     torch.manual_seed(seed)
-    return build_architecture(model_name).state_dict()
+    return source.build().state_dict()
 
 
 def load_state_dict_file(path: Path, shown_as: Optional[str] = None) -> dict[str, torch.Tensor]:
@@ -92,7 +76,7 @@ def load_state_dict_file(path: Path, shown_as: Optional[str] = None) -> dict[str
 
 
 def resolve_weights(
-    model_name: str,
+    source: ModelSource,
     weights: str | None,
     random_seed: int | None,
     workdir: Path,
@@ -100,28 +84,21 @@ def resolve_weights(
 ) -> tuple[WeightsSource, Path]:
     """Materialise the run's weights as one local file; check they fit the model."""
     workdir.mkdir(parents=True, exist_ok=True)
+    stem = source.architecture.replace("/", "_")
     if random_seed is not None:
-        path = workdir / f"{model_name}-random-seed{random_seed}.pt"
-        torch.save(random_state_dict(model_name, random_seed), path)
+        path = workdir / f"{stem}-random-seed{random_seed}.pt"
+        torch.save(random_state_dict(source, random_seed), path)
         kind, description = "random", f"RANDOM weights (seed {random_seed}): predictions are meaningless"
     elif weights:
         path = _fetch_weights_file(weights, workdir, s3)
         kind, description = "file", weights
     else:
-        entry = default_weights(model_name)
-        try:
-            entry.get_state_dict(progress=False, check_hash=True)
-        except Exception as exc:  # urllib errors, hash mismatch
-            raise WeightsError(
-                f"cannot download torchvision's default weights {entry} ({exc}); "
-                "pass --weights PATH|s3://... or, for a test run, --random-weights SEED"
-            ) from exc
-        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(entry.url).name
-        kind, description = "default", f"torchvision {entry}"
-    _check_fits(model_name, path, weights or description)
+        path = pretrained_weights_file(source, workdir)
+        kind, description = "default", f"{source.library} {source.pretrained}"
+    _check_fits(source, path, weights or description)
     sha256 = sha256_of(path)
-    if kind != "default":  # name by content: Spark refuses one file name shipped from two paths
-        named = workdir / f"{model_name}-{sha256[:16]}.pt"
+    if path.parent == workdir:  # name by content: Spark refuses one file name shipped from two paths
+        named = workdir / f"{stem}-{sha256[:16]}.pt"
         path.replace(named)
         path = named
     source = WeightsSource(kind=kind, description=description, sha256=sha256, file_name=path.name, seed=random_seed)
@@ -147,18 +124,18 @@ def _fetch_weights_file(uri: str, workdir: Path, s3: S3Options) -> Path:
     return target
 
 
-def _check_fits(model_name: str, path: Path, shown_as: str) -> None:
-    model = build_architecture(model_name)
+def _check_fits(source: ModelSource, path: Path, shown_as: str) -> None:
+    model = source.build()
     try:
         model.load_state_dict(load_state_dict_file(path, shown_as))
     except RuntimeError as exc:
         first_line = str(exc).splitlines()[0]
-        raise WeightsError(f"weights in {shown_as} do not fit {model_name}: {first_line}") from exc
+        raise WeightsError(f"weights in {shown_as} do not fit {source.name}: {first_line}") from exc
 
 
-def load_model(model_name: str, weights_file: Path, device: torch.device, channels_last: bool) -> torch.nn.Module:
+def load_model(source: ModelSource, weights_file: Path, device: torch.device, channels_last: bool) -> torch.nn.Module:
     """Architecture + shipped state dict, in eval mode, on `device`."""
-    model = build_architecture(model_name)
+    model = source.build()
     model.load_state_dict(load_state_dict_file(weights_file))
     model.eval()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -302,7 +279,7 @@ def _script(model: torch.nn.Module, example: torch.Tensor, device: torch.device,
 
 
 def optimize_graph(model: torch.nn.Module, graph: str, device: torch.device, batch_size: int,
-                   crop_size: int, channels_last: bool,
+                   crop_size: tuple[int, ...], channels_last: bool,
                    autocast_dtype: Optional[torch.dtype] = None) -> torch.nn.Module:
     """The model as it will run: eager, traced+frozen TorchScript, or torch.compile'd.
 
@@ -322,7 +299,8 @@ def optimize_graph(model: torch.nn.Module, graph: str, device: torch.device, bat
     if graph == "compile":
         return torch.compile(model)
     if graph == "torchscript":
-        example = torch.zeros(batch_size, 3, crop_size, crop_size, device=device)
+        height, width = (crop_size * 2)[:2]  # (224,) is square
+        example = torch.zeros(batch_size, 3, height, width, device=device)
         if channels_last:
             example = example.contiguous(memory_format=torch.channels_last)
         for fuse in ((True, False) if device.type == "cpu" else (False,)):

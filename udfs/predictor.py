@@ -28,12 +28,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from udfs.decode import Preprocessing, decode_and_preprocess, normalize_batch
+from udfs.decode import decode_and_preprocess, normalize_batch
 from udfs.errors import describe_failure
 from udfs.gpu_decode import EncodedJpeg, decode_batch, probe_jpeg, tensor_transforms
-from udfs.labels import ClassNames
-from udfs.model import (autocast_to, default_weights, exact_fp32_on_cuda, load_model, optimize_graph,
-                        resolve_batch_size, resolve_precision)
+from udfs.model import (autocast_to, exact_fp32_on_cuda, load_model, optimize_graph, resolve_batch_size,
+                        resolve_precision)
 from udfs.settings import Settings
 from udfs.schema import SCORED_SCHEMA
 from udfs.storage import read_bytes
@@ -105,9 +104,8 @@ class Predictor:
     def __init__(self, settings: Settings, device: torch.device, model: torch.nn.Module):
         self.settings = settings
         self.device = device
-        entry = default_weights(settings.model)
-        self.prep = Preprocessing.from_transforms(entry.transforms())
-        self.names = ClassNames.for_categories(entry.meta["categories"])
+        self.prep = settings.model_source.preprocessing
+        self.names = settings.model_source.classes
         self.model = model
         self.autocast_dtype = resolve_precision(settings.precision, device)
         self.batch_size = resolve_batch_size(settings.batch_size, device)
@@ -304,8 +302,8 @@ def cached_model(settings: Settings, device: torch.device, weights_file: Path) -
             return model, False
         log.info("building %s on %s from %s", settings.model, device, settings.weights_source.description)
         exact_fp32_on_cuda(device, autocast_dtype)
-        model = load_model(settings.model, weights_file, device, settings.channels_last)
-        crop_size = default_weights(settings.model).transforms().crop_size[0]
+        model = load_model(settings.model_source, weights_file, device, settings.channels_last)
+        crop_size = settings.model_source.preprocessing.crop_size
         model = optimize_graph(model, settings.graph, device, batch_size, crop_size, settings.channels_last,
                                autocast_dtype)
         _models[key] = model

@@ -9,7 +9,10 @@ able to unpickle it; nothing here reads the environment.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:  # udfs.model_source imports torch; Settings is built before torch is imported
+    from udfs.model_source import ModelSource
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 GRAPH_MODES = ("auto", "eager", "torchscript", "compile")
@@ -86,8 +89,12 @@ class Settings:
     progress_interval: float = 30.0  # seconds
     report: bool = True
     s3: S3Options = field(default_factory=S3Options)
+    model_source: Optional["ModelSource"] = None  # `model` resolved on the driver (udfs.model_source)
     weights_source: Optional[WeightsSource] = None
     run_id: str = ""
+
+    def with_model_source(self, source: "ModelSource") -> "Settings":
+        return replace(self, model_source=source)
 
     def with_weights_source(self, source: WeightsSource) -> "Settings":
         return replace(self, weights_source=source)

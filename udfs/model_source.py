@@ -1,0 +1,176 @@
+"""One place for a model source: what `--model` names, resolved once on the driver.
+
+`resolve_model_source("resnet50")` (a torchvision classifier) or
+`resolve_model_source("timm/tf_efficientnet_lite0")` (any timm architecture) gives a
+`ModelSource`: the library and architecture to build, the head size, the preprocessing (resize,
+crop, interpolation, mean, std), the class list (index -> label, wnid where known) and the
+library's own pretrained weights. It travels to the executors inside `Settings`; the predictor,
+the weights check, the summary and the report read everything model-specific from it, so a new
+model source is one more branch in this module and nowhere else.
+
+torchvision's preprocessing and category names come from the architecture's DEFAULT weights
+entry; timm's from `timm.data.resolve_model_data_config` + `create_transform`, the eval transform
+timm itself applies, with torchvision's ImageNet-1k category names for a 1000-way head. timm is
+imported only for timm models: its import loads TorchDynamo (~1.3 s of every worker's start).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from udfs.torchvision_import import load_torchvision
+
+load_torchvision()  # first, so that torchvision comes without TorchDynamo
+import torchvision
+
+from udfs.decode import Preprocessing
+from udfs.errors import ModelSourceError, WeightsError
+from udfs.labels import IMAGENET_CLASSES, ClassNames
+
+TIMM_PREFIX = "timm/"
+LIBRARIES = ("torchvision", "timm")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Everything model-specific a run needs, on the driver and on the executors."""
+
+    name: str  # as given to --model: "resnet50", "timm/tf_efficientnet_lite0"
+    library: str  # "torchvision" or "timm"
+    architecture: str  # the library's own name for it
+    num_classes: int
+    preprocessing: Preprocessing
+    classes: ClassNames
+    pretrained: str  # the library's pretrained weights: "ResNet50_Weights.IMAGENET1K_V2", "tf_efficientnet_lite0.in1k"
+
+    def build(self) -> torch.nn.Module:
+        """The architecture with freshly initialised parameters (the caller loads the weights)."""
+        if self.library == "timm":
+            import timm
+
+            return timm.create_model(self.architecture, pretrained=False, num_classes=self.num_classes)
+        return torchvision.models.get_model(self.architecture, weights=None)
+
+    def describe(self) -> dict[str, Any]:
+        """What ran, for summary.json and the report."""
+        prep = self.preprocessing
+        return {"name": self.name, "library": self.library, "architecture": self.architecture,
+                "num_classes": self.num_classes, "pretrained": self.pretrained,
+                "preprocessing": {"resize": list(prep.resize_size), "crop": list(prep.crop_size),
+                                  "interpolation": prep.interpolation.value, "mean": list(prep.mean),
+                                  "std": list(prep.std)}}
+
+
+def resolve_model_source(name: str) -> ModelSource:
+    """`--model` as a ModelSource; ModelSourceError (a usage error) names the close matches."""
+    if name.startswith(TIMM_PREFIX):
+        return _timm_source(name, name[len(TIMM_PREFIX):])
+    return _torchvision_source(name)
+
+
+def torchvision_models() -> list[str]:
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _unknown(name: str, known: list[str], library: str, listing: str) -> ModelSourceError:
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    return ModelSourceError(f"unknown {library} classification model {name!r}: {hint}(see {listing})")
+
+
+def _torchvision_source(name: str) -> ModelSource:
+    known = torchvision_models()
+    if name not in known:
+        timm_names = [TIMM_PREFIX + n for n in _timm_names_if_close(name)]
+        raise _unknown(name, known + timm_names, "torchvision", "torchvision.models.list_models(module="
+                       "torchvision.models), or timm/<name> for a timm model")
+    entry = torchvision.models.get_model_weights(name).DEFAULT
+    categories = entry.meta["categories"]
+    return ModelSource(name=name, library="torchvision", architecture=name, num_classes=len(categories),
+                       preprocessing=Preprocessing.from_transforms(entry.transforms()),
+                       classes=ClassNames.for_categories(categories), pretrained=str(entry))
+
+
+def _timm_names_if_close(name: str) -> list[str]:
+    """timm's names, for a close match to a bare name, when timm is at hand."""
+    try:
+        import timm
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return []
+    return timm.list_models()
+
+
+def _timm_source(name: str, architecture: str) -> ModelSource:
+    import timm
+    import timm.data
+
+    if not architecture or not timm.is_model(architecture):
+        raise _unknown(name, [TIMM_PREFIX + n for n in timm.list_models()], "timm", "timm.list_models()")
+    pretrained = timm.models.get_pretrained_cfg(architecture)
+    num_classes = pretrained.num_classes if pretrained is not None and pretrained.num_classes else IMAGENET_CLASSES
+    if num_classes != IMAGENET_CLASSES:
+        raise ModelSourceError(f"{name}'s pretrained head has {num_classes} classes: only ImageNet-1k heads "
+                               f"({IMAGENET_CLASSES} classes) can be scored (pick a tag such as .in1k)")
+    with torch.device("meta"):  # only its configuration is read: no memory, no initialisation cost
+        model = timm.create_model(architecture, pretrained=False, num_classes=num_classes)
+    config = timm.data.resolve_model_data_config(model)
+    transform = timm.data.create_transform(**config, is_training=False)
+    tag = f"{pretrained.architecture}.{pretrained.tag}" if pretrained is not None and pretrained.tag else architecture
+    return ModelSource(name=name, library="timm", architecture=architecture, num_classes=num_classes,
+                       preprocessing=_preprocessing_from_timm(name, transform),
+                       classes=ClassNames.for_categories(imagenet_categories()), pretrained=tag)
+
+
+def _preprocessing_from_timm(name: str, transform) -> Preprocessing:
+    """timm's eval transform (Resize, CenterCrop, ToTensor, Normalize) as the job's Preprocessing."""
+    from torchvision import transforms as T
+
+    found: dict[str, Any] = {}
+    for step in transform.transforms:
+        if isinstance(step, T.Resize):
+            size = step.size if isinstance(step.size, (list, tuple)) else [step.size]
+            found.update(resize_size=tuple(size), interpolation=step.interpolation,
+                         antialias=bool(step.antialias) if step.antialias is not None else True)
+        elif isinstance(step, T.CenterCrop):
+            found["crop_size"] = tuple(step.size)
+        elif isinstance(step, T.Normalize):
+            found.update(mean=tuple(float(v) for v in step.mean), std=tuple(float(v) for v in step.std))
+        elif type(step).__name__ not in ("ToTensor", "MaybeToTensor", "PILToTensor", "MaybePILToTensor"):
+            raise ModelSourceError(f"{name}: timm's eval transform has a {type(step).__name__} step, which the "
+                                   "job cannot apply (it resizes, centre-crops and normalises)")
+    missing = {"resize_size", "crop_size", "mean", "std"} - set(found)
+    if missing:
+        raise ModelSourceError(f"{name}: timm's eval transform has no {', '.join(sorted(missing))}")
+    return Preprocessing(**found)
+
+
+def imagenet_categories() -> list[str]:
+    """ImageNet-1k display names in class-index order, as torchvision ships them with its weights."""
+    return list(torchvision.models.ResNet50_Weights.DEFAULT.meta["categories"])
+
+
+def pretrained_weights_file(source: ModelSource, workdir: Path) -> Path:
+    """The library's pretrained weights as a local state-dict file (downloaded once, then cached)."""
+    how = "pass --weights PATH|s3://... or, for a test run, --random-weights SEED"
+    if source.library == "timm":
+        import timm
+
+        try:
+            model = timm.create_model(source.architecture, pretrained=True, num_classes=source.num_classes)
+        except Exception as exc:  # huggingface_hub / urllib errors offline, no pretrained weights
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise WeightsError(f"cannot download timm's pretrained weights {source.pretrained} ({reason}); "
+                               f"{how}") from exc
+        path = workdir / f"{source.architecture.replace('/', '_')}-pretrained.pt"
+        torch.save(model.state_dict(), path)
+        return path
+    entry = torchvision.models.get_model_weights(source.architecture).DEFAULT
+    try:
+        entry.get_state_dict(progress=False, check_hash=True)
+    except Exception as exc:  # urllib errors, hash mismatch
+        raise WeightsError(f"cannot download torchvision's default weights {entry} ({exc}); {how}") from exc
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(entry.url).name
