@@ -57,11 +57,11 @@ def weights_workdir() -> Path:
 
 
 def fetch_pretrained_weights(settings: Settings) -> Settings:
-    """The library's pretrained weights, downloaded (or found in its cache) before Spark starts,
-    so that a run that cannot have them ends with one line instead of a started Spark."""
+    """For a run without --weights or --random-weights: the library's pretrained weights, downloaded
+    (or found in its cache) before Spark starts, so that a run that cannot have them ends with one
+    line instead of a started Spark; `ship_weights` then finds them there."""
     settings = validate_model(settings)
-    if settings.weights is None and settings.random_weights is None:
-        pretrained_weights_file(settings.model_source, weights_workdir())
+    pretrained_weights_file(settings.model_source, weights_workdir())
     return settings
 
 

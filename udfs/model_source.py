@@ -154,18 +154,21 @@ def imagenet_categories() -> list[str]:
 
 
 def pretrained_weights_file(source: ModelSource, workdir: Path) -> Path:
-    """The library's pretrained weights as a local state-dict file (downloaded once, then cached)."""
+    """The library's pretrained weights as a local state-dict file (downloaded once, then cached:
+    torchvision's in the torch hub folder, timm's in the Hugging Face cache and in `workdir`)."""
     how = "pass --weights PATH|s3://... or, for a test run, --random-weights SEED"
     if source.library == "timm":
         import timm
 
+        path = workdir / f"{source.architecture}-pretrained.pt"
+        if path.is_file():  # fetched before Spark started (jobs.run.fetch_pretrained_weights)
+            return path
         try:
             model = timm.create_model(source.architecture, pretrained=True, num_classes=source.num_classes)
         except Exception as exc:  # huggingface_hub / urllib errors offline, no pretrained weights
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise WeightsError(f"cannot download timm's pretrained weights {source.pretrained} ({reason}); "
                                f"{how}") from exc
-        path = workdir / f"{source.architecture.replace('/', '_')}-pretrained.pt"
         torch.save(model.state_dict(), path)
         return path
     entry = torchvision.models.get_model_weights(source.architecture).DEFAULT
