@@ -51,7 +51,7 @@ from scripts.bench import (_forward_loop, build_workload, combined_ceiling, deco
                            table_lines)
 from udfs.labels import truth_from_folder  # noqa: E402
 from udfs.model import sha256_of  # noqa: E402
-from udfs.model_source import ModelSource, resolve_model_source  # noqa: E402
+from udfs.model_source import resolve_model_source  # noqa: E402
 from udfs.settings import Settings, WeightsSource  # noqa: E402
 
 
@@ -74,11 +74,6 @@ class ExecutorConfig:
 
 
 @functools.lru_cache(maxsize=None)
-def model_source(model: str) -> ModelSource:
-    return resolve_model_source(model)
-
-
-@functools.lru_cache(maxsize=None)
 def weights_source(weights: Path) -> WeightsSource:
     """Hashed once per run (ResNet50's file is ~100 MB), not once per check and configuration."""
     return WeightsSource("file", f"bench weights {weights.name}", sha256_of(weights), weights.name)
@@ -90,7 +85,7 @@ def settings_for(config: ExecutorConfig, model: str, weights: Path, arrow_batch_
     return Settings(input="bench", output="bench", model=model, batch_size=config.batch,
                     arrow_batch_size=arrow_batch_size, precision=config.precision, gpu_decode=config.gpu_decode,
                     decode_threads=config.decode_threads, graph=graph, weights_source=source,
-                    model_source=model_source(model))
+                    model_source=resolve_model_source(model))
 
 
 def listing(files: list[Path]) -> pd.DataFrame:

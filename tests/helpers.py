@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 from typing import Sequence
@@ -12,7 +11,7 @@ import pandas as pd
 from jobs.cli import parse_settings
 from jobs.run import run_job
 from jobs.listing import list_images
-from udfs.model_source import ModelSource, resolve_model_source
+from udfs.model_source import resolve_model_source
 from udfs.settings import Settings
 
 
@@ -22,15 +21,10 @@ def run_in_process(spark, argv: Sequence[str]) -> dict:
     return run_job(spark, settings, list_images(settings))
 
 
-@functools.cache
-def model_source(name: str) -> ModelSource:
-    return resolve_model_source(name)
-
-
 def scoring_settings(**fields) -> Settings:
     """Settings as the driver hands them to the executors: `model` resolved to its source."""
     settings = Settings(**{"input": ".", "output": ".", **fields})
-    return settings.with_model_source(model_source(settings.model))
+    return settings.with_model_source(resolve_model_source(settings.model))
 
 
 def read_predictions(output: Path) -> pd.DataFrame:

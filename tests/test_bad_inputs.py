@@ -23,16 +23,17 @@ from jobs.listing import list_images
 from tests.bad_inputs import GOOD_FOLDER, MAX_IMAGE_BYTES, NON_IMAGE_OBJECTS, build_cases
 from tests.conftest import TEST_SECRET, s3_client_for
 from tests.fault_proxy import FAULTS, FaultPlan, FaultProxy
-from tests.helpers import (images_frame, model_source, read_per_class, read_predictions, read_summary,
-                           scoring_settings)
+from tests.helpers import images_frame, read_per_class, read_predictions, read_summary, scoring_settings
 from tests.reference import make_spread_weights, model_from_file, reference_probabilities
 from udfs.model import load_model
+from udfs.model_source import resolve_model_source
 from udfs.predictor import Predictor
 
 pytestmark = [pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning"),
               pytest.mark.usefixtures("one_torch_thread")]
 
 MODEL = "mobilenet_v3_small"
+SOURCE = resolve_model_source(MODEL)
 BUCKET = "dogs-mixed"
 PREFIX = "Images/"
 FAULT_RATE = 0.25
@@ -103,7 +104,7 @@ def test_predictor_bad_inputs_mixed_with_good(good_files, reference, weights, tm
     good = [(str(f), None) for f in good_files]
     mixed = [item for pair in zip(good, inputs) for item in pair] + inputs[len(good):]  # good and bad in turn
     settings = scoring_settings(model=MODEL, batch_size=4, max_image_bytes=MAX_IMAGE_BYTES)
-    model = load_model(model_source(MODEL), weights, torch.device("cpu"), True)
+    model = load_model(SOURCE, weights, torch.device("cpu"), True)
     predictor = Predictor(settings, torch.device("cpu"), model)
 
     def score(items) -> pd.DataFrame:

@@ -19,15 +19,17 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import images_frame, model_source, scoring_settings
+from tests.helpers import images_frame, scoring_settings
 from tests.reference import make_spread_weights
 from udfs.model import load_model
+from udfs.model_source import resolve_model_source
 from udfs.predictor import Predictor
 
 pytestmark = [pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning"),
               pytest.mark.usefixtures("one_torch_thread")]
 
 MODEL = "mobilenet_v3_small"
+SOURCE = resolve_model_source(MODEL)
 FUZZ_EXAMPLES = 200
 HANG_LIMIT_S = 60
 HEADER_BYTES = 700
@@ -40,7 +42,7 @@ def fuzz_setup(sample_images, tmp_path_factory):
     folder = tmp_path_factory.mktemp("fuzz")
     weights = make_spread_weights(MODEL, 5, files, folder / "w.pt")
     settings = scoring_settings(model=MODEL, batch_size=2, decode_threads=2)
-    predictor = Predictor(settings, torch.device("cpu"), load_model(model_source(MODEL), weights, torch.device("cpu"), True))
+    predictor = Predictor(settings, torch.device("cpu"), load_model(SOURCE, weights, torch.device("cpu"), True))
     seeds = [f.read_bytes() for f in files[::40][:3]]
     intact = files[1]
     alone = score(predictor, [str(intact)])

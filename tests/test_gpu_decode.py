@@ -14,12 +14,14 @@ from PIL import Image, ImageOps
 from tests.reference import make_spread_weights
 from udfs.decode import decode_and_preprocess
 from udfs.gpu_decode import EXIF_ORIENTATION, EncodedJpeg, apply_orientation, decode_batch, probe_jpeg
-from tests.helpers import model_source, scoring_settings
+from tests.helpers import scoring_settings
 from udfs.model import load_model
+from udfs.model_source import resolve_model_source
 from udfs.predictor import Predictor
 
 MODEL = "mobilenet_v3_small"
-PREP = model_source(MODEL).preprocessing
+SOURCE = resolve_model_source(MODEL)
+PREP = SOURCE.preprocessing
 
 
 def jpeg_bytes(image: Image.Image, **save) -> bytes:
@@ -78,7 +80,7 @@ def test_a_broken_jpeg_falls_back_to_one_error_row(sample_images, tmp_path):
     batch = pd.DataFrame({"path": [str(p) for p in paths], "image_id": [p.stem for p in paths],
                           "wnid": [None] * len(paths), "label": [None] * len(paths),
                           "size_bytes": [p.stat().st_size for p in paths]})
-    model = load_model(model_source(MODEL), weights, torch.device("cpu"), True)
+    model = load_model(SOURCE, weights, torch.device("cpu"), True)
     plain = Predictor(scoring_settings(model=MODEL, batch_size=4), torch.device("cpu"), model)(batch)
     device = Predictor(scoring_settings(model=MODEL, batch_size=4, gpu_decode=True),
                        torch.device("cpu"), model)(batch)

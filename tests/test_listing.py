@@ -86,11 +86,11 @@ def test_missing_bucket_is_a_listing_error(s3_server):
 def test_listed_truths_the_model_cannot_predict():
     """Reported by the run (a warning, summary.json's accuracy.truth_not_in_model)."""
     from jobs.run import truth_unknown_to_model
-    from tests.helpers import model_source
+    from udfs.model_source import resolve_model_source
 
     images = build_listing([("/d/n02085620-Chihuahua/a.jpg", 1), ("/d/n99999999-Fake/b.jpg", 1),
                             ("/d/cats/c.jpg", 1)]).images
-    assert truth_unknown_to_model(model_source("mobilenet_v3_small").classes, images) == ["n99999999"]
+    assert truth_unknown_to_model(resolve_model_source("mobilenet_v3_small").classes, images) == ["n99999999"]
 
 
 @pytest.mark.parametrize("input_uri, output_uri, inside", [

@@ -9,13 +9,15 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.helpers import model_source, read_predictions, run_in_process, scoring_settings
+from tests.helpers import read_predictions, run_in_process, scoring_settings
 from tests.reference import make_spread_weights, model_from_file, reference_probabilities
 from udfs.decode import normalize_batch
 from udfs.model import load_model, optimize_graph
+from udfs.model_source import resolve_model_source
 from udfs.predictor import Predictor, resolve_precision
 
 MODEL = "mobilenet_v3_small"
+SOURCE = resolve_model_source(MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,7 @@ def test_a_broken_image_is_one_error_row_and_the_rest_are_scored(sample_images, 
     broken.write_bytes(good[0].read_bytes()[:600])  # truncated JPEG
     paths = good[:3] + [broken] + good[3:]
     settings = scoring_settings(model=MODEL, batch_size=4)
-    predictor = Predictor(settings, torch.device("cpu"), load_model(model_source(MODEL), weights, torch.device("cpu"), True))
+    predictor = Predictor(settings, torch.device("cpu"), load_model(SOURCE, weights, torch.device("cpu"), True))
     out = predictor(frame(paths))
 
     assert len(out) == len(paths)
@@ -61,7 +63,7 @@ def test_a_truth_the_model_cannot_predict_is_no_truth(sample_images, weights):
     images = frame(files)
     images.loc[:1, "wnid"] = ["n99999999", "n00000001"]
     settings = scoring_settings(model=MODEL, batch_size=4)
-    predictor = Predictor(settings, torch.device("cpu"), load_model(model_source(MODEL), weights, torch.device("cpu"), True))
+    predictor = Predictor(settings, torch.device("cpu"), load_model(SOURCE, weights, torch.device("cpu"), True))
     out = predictor(images)
     assert out["correct"].isna().tolist() == [True, True, False, False]
     assert out["top5_correct"].isna().tolist() == [True, True, False, False]
@@ -71,7 +73,7 @@ def test_a_truth_the_model_cannot_predict_is_no_truth(sample_images, weights):
 def test_stream_of_batches_keeps_order_and_rows(sample_images, weights):
     files = sample_images.files()[:10]
     settings = scoring_settings(model=MODEL, batch_size=3)
-    predictor = Predictor(settings, torch.device("cpu"), load_model(model_source(MODEL), weights, torch.device("cpu"), True))
+    predictor = Predictor(settings, torch.device("cpu"), load_model(SOURCE, weights, torch.device("cpu"), True))
     batches = [frame(files[i:i + 4]) for i in range(0, len(files), 4)]
     outputs = list(predictor.predict_batches(iter(batches)))
     assert [len(o) for o in outputs] == [4, 4, 2]
@@ -85,7 +87,7 @@ def test_an_image_scores_the_same_whatever_shares_its_batch(sample_images, weigh
     files = sample_images.files()[:9]
     settings = scoring_settings(model=MODEL, batch_size=4)
     cpu = torch.device("cpu")
-    predictor = Predictor(settings, cpu, optimize_graph(load_model(model_source(MODEL), weights, cpu, True), "auto", cpu, 4, (224,), True))
+    predictor = Predictor(settings, cpu, optimize_graph(load_model(SOURCE, weights, cpu, True), "auto", cpu, 4, (224,), True))
     alone = predictor(frame(files[8:9])).iloc[0]
     last = predictor(frame(files[5:9])).iloc[-1]
     after_a_full_batch = predictor(frame(files[:9])).iloc[-1]  # a batch of 4, 4, then 1
@@ -112,12 +114,12 @@ def test_reduced_precision_is_traced_into_the_frozen_graph(weights):
     """--precision bf16 on CPU: the TorchScript graph is traced under autocast, so it runs bf16
     kernels (a graph traced in fp32 ignores autocast's speed-up); results match eager autocast."""
     cpu = torch.device("cpu")
-    prep = model_source(MODEL).preprocessing
+    prep = SOURCE.preprocessing
     images = torch.randint(0, 256, (4, 3, 224, 224), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
     inputs = normalize_batch(images, prep, torch.float32).contiguous(memory_format=torch.channels_last)
-    eager = load_model(model_source(MODEL), weights, cpu, True)
-    bf16_graph = optimize_graph(load_model(model_source(MODEL), weights, cpu, True), "torchscript", cpu, 4, (224,), True, torch.bfloat16)
-    fp32_graph = optimize_graph(load_model(model_source(MODEL), weights, cpu, True), "torchscript", cpu, 4, (224,), True)
+    eager = load_model(SOURCE, weights, cpu, True)
+    bf16_graph = optimize_graph(load_model(SOURCE, weights, cpu, True), "torchscript", cpu, 4, (224,), True, torch.bfloat16)
+    fp32_graph = optimize_graph(load_model(SOURCE, weights, cpu, True), "torchscript", cpu, 4, (224,), True)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         expected = eager(inputs).float().softmax(1)
         got = bf16_graph(inputs)
@@ -127,7 +129,7 @@ def test_reduced_precision_is_traced_into_the_frozen_graph(weights):
 
 
 def graph_inputs(batch: int) -> torch.Tensor:
-    prep = model_source(MODEL).preprocessing
+    prep = SOURCE.preprocessing
     images = torch.randint(0, 256, (batch, 3, 224, 224), generator=torch.Generator().manual_seed(5), dtype=torch.uint8)
     return normalize_batch(images, prep, torch.float32).contiguous(memory_format=torch.channels_last)
 
@@ -138,8 +140,8 @@ def test_cpu_graph_runs_fused_by_onednn_and_matches_eager(weights):
     for the CPU's instructions, 1.4e-5 measured on an AVX2-only EPYC), also for a last batch smaller
     than the traced one."""
     cpu = torch.device("cpu")
-    eager = load_model(model_source(MODEL), weights, cpu, True)
-    graph = optimize_graph(load_model(model_source(MODEL), weights, cpu, True), "auto", cpu, 4, (224,), True)
+    eager = load_model(SOURCE, weights, cpu, True)
+    graph = optimize_graph(load_model(SOURCE, weights, cpu, True), "auto", cpu, 4, (224,), True)
     for batch in (4, 3):
         inputs = graph_inputs(batch)
         with torch.inference_mode():
@@ -160,10 +162,10 @@ def test_graph_that_fails_to_fuse_runs_unfused(weights, monkeypatch):
 
     monkeypatch.setattr(udfs.model, "_script", no_fusion)
     cpu = torch.device("cpu")
-    graph = optimize_graph(load_model(model_source(MODEL), weights, cpu, True), "auto", cpu, 4, (224,), True)
+    graph = optimize_graph(load_model(SOURCE, weights, cpu, True), "auto", cpu, 4, (224,), True)
     inputs = graph_inputs(4)
     with torch.inference_mode():
-        got, expected = graph(inputs).softmax(1), load_model(model_source(MODEL), weights, cpu, True)(inputs).softmax(1)
+        got, expected = graph(inputs).softmax(1), load_model(SOURCE, weights, cpu, True)(inputs).softmax(1)
     assert isinstance(graph, torch.jit.ScriptModule) and not torch.jit.onednn_fusion_enabled()
     assert "oneDNNFusionGroup" not in str(torch.jit.last_executed_optimized_graph())
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)  # as the fused graph (above)

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from udfs.errors import WeightsError
-from tests.helpers import model_source
+from udfs.model_source import resolve_model_source
 from udfs.model import random_state_dict, resolve_weights
 from udfs.settings import S3Options
 
 
 def resolve(path, tmp_path, model="mobilenet_v3_small"):
-    return resolve_weights(model_source(model), str(path), None, tmp_path / "work", S3Options())
+    return resolve_weights(resolve_model_source(model), str(path), None, tmp_path / "work", S3Options())
 
 
 @pytest.mark.parametrize("content", [b"import os\nprint('not weights')\n", b"\x89PNG\r\n\x1a\n" + bytes(64), b""])
@@ -30,7 +30,7 @@ def test_a_file_that_is_no_checkpoint(tmp_path, content):
 
 def test_a_truncated_checkpoint(tmp_path):
     whole = tmp_path / "whole.pt"
-    torch.save(random_state_dict(model_source("mobilenet_v3_small"), 0), whole)
+    torch.save(random_state_dict(resolve_model_source("mobilenet_v3_small"), 0), whole)
     cut = tmp_path / "cut.pt"
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     with pytest.raises(WeightsError, match=f"cannot load weights from {cut}: not a PyTorch checkpoint"):
@@ -39,6 +39,6 @@ def test_a_truncated_checkpoint(tmp_path):
 
 def test_weights_of_another_model(tmp_path):
     other = tmp_path / "resnet18.pt"
-    torch.save(random_state_dict(model_source("resnet18"), 0), other)
+    torch.save(random_state_dict(resolve_model_source("resnet18"), 0), other)
     with pytest.raises(WeightsError, match=f"weights in {other} do not fit mobilenet_v3_small: "):
         resolve(other, tmp_path)

@@ -2,9 +2,8 @@
 
 Driver side (`resolve_weights`): turn `--weights PATH|s3://...`, `--random-weights SEED` or
 the library's pretrained weights (`udfs.model_source`) into one local state-dict file and its
-sha256. The driver ships
-that file to executors with `SparkContext.addFile`, so the weights are fetched once per run, not
-once per executor, and executors never need internet access.
+sha256. The driver ships that file to executors with `SparkContext.addFile`, so the weights are
+fetched once per run, not once per executor, and executors never need internet access.
 
 Executor side (`load_model`, `task_device`): build the architecture, load the shipped state dict
 with `torch.load(weights_only=True)`, and pick the device Spark's resource scheduling assigned.
@@ -84,7 +83,7 @@ def resolve_weights(
 ) -> tuple[WeightsSource, Path]:
     """Materialise the run's weights as one local file; check they fit the model."""
     workdir.mkdir(parents=True, exist_ok=True)
-    stem = source.architecture.replace("/", "_")
+    stem = source.architecture
     if random_seed is not None:
         path = workdir / f"{stem}-random-seed{random_seed}.pt"
         torch.save(random_state_dict(source, random_seed), path)

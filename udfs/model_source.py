@@ -17,6 +17,7 @@ imported only for timm models: its import loads TorchDynamo (~1.3 s of every wor
 from __future__ import annotations
 
 import difflib
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,6 @@ from udfs.errors import ModelSourceError, WeightsError
 from udfs.labels import IMAGENET_CLASSES, ClassNames
 
 TIMM_PREFIX = "timm/"
-LIBRARIES = ("torchvision", "timm")
 
 
 @dataclass(frozen=True)
@@ -65,15 +65,12 @@ class ModelSource:
                                   "std": list(prep.std)}}
 
 
+@functools.cache  # one value per name in a process: a run resolves once, the tests and benches many times
 def resolve_model_source(name: str) -> ModelSource:
     """`--model` as a ModelSource; ModelSourceError (a usage error) names the close matches."""
     if name.startswith(TIMM_PREFIX):
         return _timm_source(name, name[len(TIMM_PREFIX):])
     return _torchvision_source(name)
-
-
-def torchvision_models() -> list[str]:
-    return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
 def _unknown(name: str, known: list[str], library: str, listing: str) -> ModelSourceError:
@@ -83,9 +80,11 @@ def _unknown(name: str, known: list[str], library: str, listing: str) -> ModelSo
 
 
 def _torchvision_source(name: str) -> ModelSource:
-    known = torchvision_models()
+    known = sorted(torchvision.models.list_models(module=torchvision.models))
     if name not in known:
-        timm_names = [TIMM_PREFIX + n for n in _timm_names_if_close(name)]
+        import timm  # its names too: a timm model named without the prefix
+
+        timm_names = [TIMM_PREFIX + n for n in timm.list_models()]
         raise _unknown(name, known + timm_names, "torchvision", "torchvision.models.list_models(module="
                        "torchvision.models), or timm/<name> for a timm model")
     entry = torchvision.models.get_model_weights(name).DEFAULT
@@ -93,15 +92,6 @@ def _torchvision_source(name: str) -> ModelSource:
     return ModelSource(name=name, library="torchvision", architecture=name, num_classes=len(categories),
                        preprocessing=Preprocessing.from_transforms(entry.transforms()),
                        classes=ClassNames.for_categories(categories), pretrained=str(entry))
-
-
-def _timm_names_if_close(name: str) -> list[str]:
-    """timm's names, for a close match to a bare name, when timm is at hand."""
-    try:
-        import timm
-    except ImportError:  # pragma: no cover - timm is a dependency
-        return []
-    return timm.list_models()
 
 
 def _timm_source(name: str, architecture: str) -> ModelSource:
