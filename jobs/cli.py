@@ -48,10 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="infer-dogs",
         description=(
             "Classify every image under INPUT (s3://bucket/prefix/ or a local folder) with a "
-            "torchvision model on Spark executors (GPU when Spark assigns one, else CPU), and "
+            "torchvision or timm model on Spark executors (GPU when Spark assigns one, else CPU), and "
             "write predictions/, per_class_accuracy/ (Parquet) and summary.json under OUTPUT. "
-            "Truth comes from Stanford-Dogs folder names <wnid>-<Breed>; a prediction is "
-            "correct when its WordNet id equals the folder's."
+            "An image's truth is its folder: the model's class with the folder's WordNet id "
+            "(Stanford-Dogs folders <wnid>-<Breed>), else the class named exactly as the folder; "
+            "a prediction is correct when it is that class."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="After a run: `infer-dogs report RUN_DIR` rebuilds RUN_DIR/report.html; "
@@ -74,10 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--config", default=None, help="JSON or TOML file with the same keys as these flags; flags win")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--model", default="resnet50", help="any torchvision classification model name")
+    model.add_argument("--model", default="resnet50",
+                       help="a torchvision classification model name, or timm/<name> for any timm architecture")
     model.add_argument("--weights", default=None,
                        help="state dict file (local path or s3:// URI), loaded with weights_only=True; "
-                            "default: torchvision's DEFAULT weights, downloaded once on the driver")
+                            "default: the library's pretrained weights, downloaded once on the driver")
+    model.add_argument("--classes", default=None, metavar="FILE",
+                       help="the head's classes in index order (local path or s3:// URI): one per line, as "
+                            "ImageFolder(...).classes gives them (n02085620-Chihuahua carries a wnid), or a CSV "
+                            "index,label[,wnid]. The weights' head must have as many outputs; without it the head "
+                            "must be ImageNet-1k's 1000. A folder's truth is the class with its wnid, else the "
+                            "class named exactly as the folder")
     model.add_argument("--random-weights", type=int, default=None, metavar="SEED",
                        help="seeded random weights, for tests and offline demos only: predictions are meaningless")
     model.add_argument("--top-k", type=int, default=5, help="how many classes to keep per image")
@@ -232,19 +240,24 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def validate_model(settings: Settings) -> Settings:
-    """The settings with `--model` resolved (udfs.model_source), apart from `validate`: resolving
-    imports torchvision (~2.5 s of the driver's one core), so a run makes it on the torch side,
-    once the background import is done (Spark starts meanwhile); a dry run makes it before
-    printing its plan. An unknown name is a UsageError naming the close matches."""
-    from udfs.errors import ModelSourceError
+    """The settings with `--model` resolved (udfs.model_source) and, with `--classes`, its head
+    made that class list's, apart from `validate`: resolving imports torchvision (~2.5 s of the
+    driver's one core), so a random-weights run makes it on the torch side, once the background
+    import is done (Spark starts meanwhile); other runs and dry runs make it before Spark starts
+    or the plan is printed. An unknown name or a bad classes file is a UsageError in one line."""
+    from udfs.errors import ClassListError, ModelSourceError
+    from udfs.labels import read_class_list
     from udfs.model_source import resolve_model_source
 
     if settings.model_source is not None:
         return settings
     try:
-        return settings.with_model_source(resolve_model_source(settings.model))
-    except ModelSourceError as exc:
+        source = resolve_model_source(settings.model)
+        if settings.classes:
+            source = source.with_classes(read_class_list(settings.classes, settings.s3))
+    except (ModelSourceError, ClassListError) as exc:
         raise UsageError(str(exc)) from None
+    return settings.with_model_source(source)
 
 
 def validate(settings: Settings) -> None:
@@ -255,7 +268,8 @@ def validate(settings: Settings) -> None:
         raise UsageError("--input is required (s3://bucket/prefix/ or a local folder)")
     if not settings.output:
         raise UsageError("--output is required (the run directory)")
-    for flag, uri in (("--input", settings.input), ("--output", settings.output), ("--weights", settings.weights)):
+    for flag, uri in (("--input", settings.input), ("--output", settings.output), ("--weights", settings.weights),
+                      ("--classes", settings.classes)):
         if uri and is_s3_uri(uri):
             try:
                 split_s3_uri(uri)
@@ -267,6 +281,8 @@ def validate(settings: Settings) -> None:
         raise UsageError("--weights and --random-weights exclude each other")
     if settings.weights and not is_s3_uri(settings.weights) and not local_path(settings.weights).is_file():
         raise UsageError(f"weights file not found: {settings.weights}")
+    if settings.classes and not is_s3_uri(settings.classes) and not local_path(settings.classes).exists():
+        raise UsageError(f"classes file not found: {settings.classes}")
     if settings.label_map and not Path(settings.label_map).is_file():
         raise UsageError(f"label map not found: {settings.label_map}")
     positive = ("top_k", "decode_threads", "tasks_per_slot", "max_image_bytes")

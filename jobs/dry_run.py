@@ -21,7 +21,7 @@ from typing import Callable, Optional
 
 import pandas as pd
 
-from jobs.listing import Listing, left_out_text
+from jobs.listing import Listing, left_out_text, truth_unknown_to_model
 from udfs.settings import Settings
 
 LOCAL_MASTER = re.compile(r"^local(?:\[(\*|\d+)(?:\s*,\s*\d+)?\])?$")
@@ -106,9 +106,14 @@ def format_plan(settings: Settings, listing: Listing, master: str, slots: Slots)
         + (f", --limit {settings.limit}" if settings.limit else "")
         + f"; {left_out_text(listing.skipped_non_image, listing.skipped_in_output, listing.skipped_bad_name)})",
     ]
-    unknown = int(images["wnid"].isna().sum())
+    if settings.model_source is not None:  # the model's classes, by wnid else by exact name (--classes too)
+        unknown_truths = truth_unknown_to_model(settings.model_source.classes, images)
+        unknown = int(images["wnid"].fillna(images["label"]).isin(unknown_truths).sum())
+        why = f"none of the model's {settings.model_source.num_classes} classes"
+    else:
+        unknown, why = int(images["wnid"].isna().sum()), "folder not <wnid>-<Breed>, not in --label-map"
     if unknown:
-        lines.append(f"without a known truth (folder not <wnid>-<Breed>, not in --label-map): {unknown:,} images")
+        lines.append(f"without a known truth ({why}): {unknown:,} images")
     if tasks is None:
         lines.append(f"scoring tasks: min({n:,} images, slots x {settings.tasks_per_slot} per slot); {slots.how}")
     else:

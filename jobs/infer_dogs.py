@@ -43,8 +43,10 @@ TORCH_SIDE = "jobs.run"  # the run after listing; imports torch (~3 s)
 def import_in_background(name: str) -> Future:
     """Import module `name` on a thread; the future gives the module.
 
-    Used for the torch side of the run while the main thread starts Spark: the import is ~3 s
-    of Python, Spark's start ~3 s of mostly JVM work. On 2 cores they overlap only in part
+    Used for the torch side of the run while the main thread starts Spark, in a run with nothing
+    to fetch before it (random weights, no --classes; others import it to fetch and check their
+    weights and classes first, `jobs.run.prepare_weights`): the import is ~3 s of Python, Spark's
+    start ~3 s of mostly JVM work. On 2 cores they overlap only in part
     (measured: the whole process 0.3-1.6 s shorter, Spark start + imports 4.1 s instead of
     3.4 s + the imports); `--help` and usage errors found before listing do not import torch at
     all (0.7 s instead of 5 s); dry runs import it for the model-name check (`validate_model`).
@@ -91,20 +93,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         settings = parse_settings(argv)
         configure_verbosity(settings.verbose)
         listing = list_images(settings)
+        timings = {"listing": time.perf_counter() - started}
         if settings.dry_run:
-            validate_model(settings)
-            print(dry_run(settings, listing))
+            print(dry_run(validate_model(settings), listing))
             return 0
         refuse_local_run_before_spark(settings.input, settings.output, settings.mode, settings.resume)
-        if settings.weights is None and settings.random_weights is None:  # the library's weights:
-            # a download that fails must end the run before Spark starts (a timm or torchvision
-            # download takes longer than the import this forgoes overlapping with Spark's start)
-            settings = importlib.import_module(TORCH_SIDE).fetch_pretrained_weights(settings)
+        if settings.random_weights is None or settings.classes:  # weights or classes to fetch and check:
+            # one that cannot be had or does not fit must end the run before Spark starts (fetching
+            # takes longer than the import this forgoes overlapping with Spark's start)
+            step = time.perf_counter()
+            settings = importlib.import_module(TORCH_SIDE).prepare_weights(settings)
+            timings["weights"] = time.perf_counter() - step
     except (UsageError, ListingError, OutputExistsError, WeightsError) as exc:
         print(f"infer-dogs: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     log.info("listed %d images (%d non-image objects skipped)", len(listing.images), listing.skipped_non_image)
-    timings = {"listing": time.perf_counter() - started}
 
     step = time.perf_counter()
     torch_side = import_in_background(TORCH_SIDE)

@@ -2,8 +2,9 @@
 
 Only keys and sizes are listed here (boto3 list_objects_v2 paginator, top-level prefixes listed
 in parallel; `os.scandir` recursion locally); image bytes are read later on the executors.
-Truth comes from the parent folder name (`<wnid>-<Breed>`), or from `--label-map` for other
-folder names. Objects whose extension is not an image extension are skipped and counted: the
+Truth comes from the parent folder name (`<wnid>-<Breed>`, or any other name, given a wnid by
+`--label-map`); which of the model's classes it is, by wnid else by exact name, is
+`udfs.labels.ClassNames.truth_index`'s to say. Objects whose extension is not an image extension are skipped and counted: the
 summary reports them (`skipped_non_image`), so a prefix that also holds annotations or CSVs is
 scored cleanly. Content, not extension, decides how an image is decoded.
 """
@@ -23,7 +24,7 @@ from typing import Iterable, Iterator, Optional
 import pandas as pd
 from botocore.exceptions import BotoCoreError, ClientError
 
-from udfs.labels import WNID, truth_from_folder
+from udfs.labels import WNID, ClassNames, truth_from_folder
 from udfs.schema import IMAGES_SCHEMA
 from udfs.settings import S3Options, Settings
 from udfs.storage import is_local_uri, is_s3_uri, local_path, s3_client, split_s3_uri
@@ -258,3 +259,14 @@ def _list_all(client, bucket: str, prefix: str) -> Iterator[tuple[str, int]]:
         for item in page.get("Contents", []):
             if not item["Key"].endswith("/"):
                 yield item["Key"], item["Size"]
+
+
+def truth_unknown_to_model(names: ClassNames, images) -> list[str]:
+    """The listed truths (a folder's wnid, else its label) that are none of the model's classes:
+    their images count as without truth."""
+    truths = images[["wnid", "label"]].drop_duplicates()
+    unknown = {wnid if isinstance(wnid, str) else label
+               for wnid, label in zip(truths["wnid"], truths["label"])
+               if names.truth_index(wnid if isinstance(wnid, str) else None,
+                                    label if isinstance(label, str) else None) is None}
+    return sorted(truth for truth in unknown if isinstance(truth, str))

@@ -139,10 +139,10 @@ def top_confusions(predictions: pd.DataFrame, limit: int = 15) -> pd.DataFrame:
     columns = ["wnid", "label", "pred_wnid", "pred_label", "count", "share_of_class"]
     if wrong.empty:
         return pd.DataFrame(columns=columns)
-    per_class = known.groupby(["wnid", "label"]).size().rename("class_scored")
-    counts = (
+    per_class = known.groupby(["wnid", "label"], dropna=False).size().rename("class_scored").reset_index()
+    counts = (  # merge, not join: classes without a wnid (a --classes list of names) keep their share
         wrong.groupby(["wnid", "label", "pred_wnid", "pred_label"], dropna=False).size().rename("count").reset_index()
-        .join(per_class, on=["wnid", "label"])
+        .merge(per_class, on=["wnid", "label"], how="left")
     )
     counts["share_of_class"] = counts["count"] / counts["class_scored"]
     counts = counts.sort_values(["count", "label", "pred_label"], ascending=[False, True, True], ignore_index=True)

@@ -23,7 +23,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.cli import validate_model
-from jobs.listing import Listing
+from jobs.listing import Listing, truth_unknown_to_model
 from jobs.outputs import (RunPaths, append_parquet, check_one_row_per_image, prepare_output, write_parquet,
                           write_summary)
 from jobs.per_class import overall_counts, per_class_accuracy
@@ -32,9 +32,7 @@ from jobs.report import write_run_report
 from jobs.resume import chunks, pending_images
 from jobs.spark_session import configure_session, scoring_partitions, scoring_profile
 from jobs.summary import build_summary
-from udfs.labels import ClassNames
 from udfs.model import resolve_weights
-from udfs.model_source import pretrained_weights_file
 from udfs.schema import IMAGES_SCHEMA, SCORED_SCHEMA
 from udfs.scoring_udf import make_score_fn
 from udfs.settings import Settings
@@ -56,30 +54,30 @@ def weights_workdir() -> Path:
     return _weights_dir
 
 
-def fetch_pretrained_weights(settings: Settings) -> Settings:
-    """For a run without --weights or --random-weights: the library's pretrained weights, downloaded
-    (or found in its cache) before Spark starts, so that a run that cannot have them ends with one
-    line instead of a started Spark; `ship_weights` then finds them there."""
+def prepare_weights(settings: Settings) -> Settings:
+    """Resolve --model, --classes and the weights on the driver, once: fetch the file (the library's
+    download, --weights from disk or S3, or seeded random weights), check that its head has one
+    output per class and that it loads. `main` calls it before Spark starts whenever something must
+    be read or fetched, so that a run that cannot have its weights or classes ends with one line
+    instead of a started Spark; `ship_weights` then ships what it found."""
     settings = validate_model(settings)
-    pretrained_weights_file(settings.model_source, weights_workdir())
-    return settings
-
-
-def ship_weights(spark: SparkSession, settings: Settings) -> Settings:
-    """Resolve the weights on the driver once and ship the file to every executor."""
-    source, path = resolve_weights(
+    if settings.weights_source is not None:
+        return settings
+    source, _ = resolve_weights(
         settings.model_source, settings.weights, settings.random_weights, weights_workdir(), settings.s3
     )
-    spark.sparkContext.addFile(str(path))
-    if source.is_random:
-        log.warning("using RANDOM weights (seed %s): predictions are meaningless", source.seed)
-    log.info("weights %s (sha256 %s)", source.description, source.sha256[:16])
     return settings.with_weights_source(source)
 
 
-def truth_unknown_to_model(names: ClassNames, images) -> list[str]:
-    """The listed truths (wnids) the model cannot predict: their images count as without truth."""
-    return sorted(wnid for wnid in set(images["wnid"].dropna()) if not names.knows(wnid))
+def ship_weights(spark: SparkSession, settings: Settings) -> Settings:
+    """The resolved weights file, shipped to every executor."""
+    settings = prepare_weights(settings)
+    source = settings.weights_source
+    spark.sparkContext.addFile(source.driver_path)
+    if source.is_random:
+        log.warning("using RANDOM weights (seed %s): predictions are meaningless", source.seed)
+    log.info("weights %s (sha256 %s)", source.description, source.sha256[:16])
+    return settings
 
 
 def score_images(spark: SparkSession, settings: Settings, images, task_log,
@@ -112,7 +110,7 @@ def run_job(spark: SparkSession, settings: Settings, listing: Listing,
     if unknown_truth:
         log.warning("%d listed class(es) are not among %s's classes, so their images count in no accuracy: %s",
                     len(unknown_truth), settings.model, ", ".join(unknown_truth[:10]))
-    timings["weights"] = time.perf_counter() - started
+    timings["weights"] = timings.get("weights", 0.0) + time.perf_counter() - started  # main's share before Spark
 
     step = time.perf_counter()
     task_log = spark.sparkContext.accumulator([], RecordListParam())

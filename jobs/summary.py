@@ -7,6 +7,7 @@ from typing import Any, Iterable, Optional
 import pandas as pd
 
 from jobs.listing import left_out_text
+from udfs.labels import IMAGENET
 from udfs.settings import Settings
 
 RANDOM_WEIGHTS_WARNING = (
@@ -64,8 +65,8 @@ def build_summary(
     images = totals["images"]
     accuracy_note = None
     if totals["with_truth"] == 0:
-        accuracy_note = ("no image had a known truth (folders are not named <wnid>-<Breed> and no "
-                         "--label-map was given, or the model's classes are not ImageNet-1k)")
+        accuracy_note = ("no image had a known truth: no listed folder is one of the model's classes (by the "
+                         "wnid of a <wnid>-<Breed> folder or --label-map, else by its exact name)")
     elif unknown_truth:
         accuracy_note = (f"{len(unknown_truth)} listed class(es) are not among the model's classes; their "
                          "images count in no accuracy (truth_not_in_model)")
@@ -138,11 +139,15 @@ def wall_time_text(timing: dict[str, Any]) -> str:
 
 
 def model_text(summary: dict[str, Any]) -> str:
-    """`timm/tf_efficientnet_lite0 (timm tf_efficientnet_lite0, 1000 classes)`."""
+    """`timm/tf_efficientnet_lite0 (timm tf_efficientnet_lite0, 1000 classes)`; with --classes,
+    `resnet50 (torchvision resnet50, 120 classes from classes.txt)`."""
     source = summary.get("model_source")
     if not source:
         return str(summary["model"])
-    return f"{summary['model']} ({source['library']} {source['architecture']}, {source['num_classes']} classes)"
+    origin = source.get("classes")
+    from_file = f" from {origin}" if origin and origin != IMAGENET else ""
+    return (f"{summary['model']} ({source['library']} {source['architecture']}, {source['num_classes']} "
+            f"classes{from_file})")
 
 
 def preprocessing_text(prep: dict[str, Any]) -> str:

@@ -65,9 +65,9 @@ class StoppedSpark:
 
 
 def test_unknown_model_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
-    """With the library's weights to fetch, the name is checked before Spark starts; with weights of
-    the user's, once torchvision is imported (beside Spark's start). Either way before OUTPUT or
-    weights are touched, in one line that names the close matches."""
+    """With weights or classes to fetch, the name is checked before Spark starts; with random weights,
+    once torchvision is imported (beside Spark's start). Either way before OUTPUT is touched, in one
+    line that names the close matches."""
     import jobs.infer_dogs as infer_dogs
 
     (tmp_path / "images").mkdir()

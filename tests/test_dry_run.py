@@ -55,6 +55,23 @@ def test_plan_lists_classes_and_tasks_and_unknown_slots():
     assert "scoring tasks: min(4 images, slots x 3 per slot); master yarn: slots depend" in unknown
 
 
+def test_plan_counts_the_truths_that_are_none_of_the_model_classes():
+    """With the model resolved (a run's dry run), truth is what a run would find: the class with the
+    folder's wnid, else the class named exactly as the folder (`--classes`: its list)."""
+    from udfs.labels import parse_class_list
+    from udfs.model_source import resolve_model_source
+
+    listing = build_listing([("/d/n02085620-Chihuahua/a.jpg", 1), ("/d/n02088364-beagle/b.jpg", 1),
+                             ("/d/cats/c.jpg", 1), ("/d/cats/d.jpg", 1)])
+    source = resolve_model_source("mobilenet_v3_small")
+    settings = Settings(input="/d", output="/out").with_model_source(source)
+    text = format_plan(settings, listing, "local[2]", Slots(2, "local"))
+    assert "without a known truth (none of the model's 1000 classes): 2 images" in text
+    two = source.with_classes(parse_class_list("n02085620-Chihuahua\ncats\n", "two.txt"))
+    text = format_plan(settings.with_model_source(two), listing, "local[2]", Slots(2, "local"))
+    assert "without a known truth (none of the model's 2 classes): 1 images" in text
+
+
 def test_dry_run_scores_nothing_and_writes_nothing(sample_images, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["--input", str(sample_images.images_dir), "--output", str(out), "--dry-run"]) == 0

@@ -85,12 +85,13 @@ def test_missing_bucket_is_a_listing_error(s3_server):
 
 def test_listed_truths_the_model_cannot_predict():
     """Reported by the run (a warning, summary.json's accuracy.truth_not_in_model)."""
-    from jobs.run import truth_unknown_to_model
+    from jobs.listing import truth_unknown_to_model
     from udfs.model_source import resolve_model_source
 
     images = build_listing([("/d/n02085620-Chihuahua/a.jpg", 1), ("/d/n99999999-Fake/b.jpg", 1),
-                            ("/d/cats/c.jpg", 1)]).images
-    assert truth_unknown_to_model(resolve_model_source("mobilenet_v3_small").classes, images) == ["n99999999"]
+                            ("/d/cats/c.jpg", 1), ("/d/goldfish/d.jpg", 1)]).images
+    # a folder without a wnid is the class named exactly as it is (ImageNet's "goldfish"), or none
+    assert truth_unknown_to_model(resolve_model_source("mobilenet_v3_small").classes, images) == ["cats", "n99999999"]
 
 
 @pytest.mark.parametrize("input_uri, output_uri, inside", [

@@ -95,7 +95,7 @@ def test_local_run_equals_plain_timm(local_run, timm_reference, sample_images, r
     assert summary["model"] == MODEL and (predictions["model"] == MODEL).all()
     assert summary["model_source"] == {
         "name": MODEL, "library": "timm", "architecture": ARCHITECTURE, "num_classes": 1000,
-        "pretrained": "tf_efficientnet_lite0.in1k",
+        "classes": "ImageNet-1k", "pretrained": "tf_efficientnet_lite0.in1k",
         "preprocessing": {"resize": [256], "crop": [224, 224], "interpolation": "bicubic", "mean": [0.5] * 3,
                           "std": [0.5] * 3}}
     assert summary["weights"]["kind"] == "file" and summary["weights"]["description"] == str(real_weights)

@@ -209,6 +209,15 @@ def test_confusions_count_only_scored_images_with_a_truth():
     assert table["share_of_class"].tolist() == pytest.approx([0.5, 0.25, 0.5])
 
 
+def test_confusions_of_classes_without_wnids():
+    """A --classes list of plain names (cats, dogs): truths without a wnid still have their share."""
+    names = HAND_MADE.assign(wnid=None, pred_wnid=None)
+    names = names[names["label"] != "cats"]
+    table = top_confusions(names)
+    assert table[["label", "pred_label", "count"]].values.tolist() == [["A", "B", 2], ["A", "C", 1], ["B", "A", 1]]
+    assert table["share_of_class"].tolist() == pytest.approx([0.5, 0.25, 0.5])
+
+
 def test_confidence_bins_and_calibration_error():
     bins = confidence_bins(HAND_MADE, bins=10)
     assert bins["n"].sum() == 7  # the error row has no prediction

@@ -28,6 +28,10 @@ class ModelSourceError(ValueError):
     """`--model` names nothing that can be built and scored (a user error: exit code 2)."""
 
 
+class ClassListError(ValueError):
+    """A `--classes` file that cannot be read or says no clear class list (a user error: exit code 2)."""
+
+
 class ImageTooLarge(Exception):
     """The object is bigger than `--max-image-bytes`; it is not read."""
 

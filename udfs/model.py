@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 
 from udfs.errors import WeightsError
+from udfs.labels import IMAGENET, IMAGENET_CLASSES
 from udfs.model_source import ModelSource, pretrained_weights_file
 from udfs.settings import S3Options, WeightsSource
 
@@ -100,7 +101,8 @@ def resolve_weights(
         named = workdir / f"{stem}-{sha256[:16]}.pt"
         path.replace(named)
         path = named
-    source = WeightsSource(kind=kind, description=description, sha256=sha256, file_name=path.name, seed=random_seed)
+    source = WeightsSource(kind=kind, description=description, sha256=sha256, file_name=path.name, seed=random_seed,
+                           driver_path=str(path))
     return source, path
 
 
@@ -124,9 +126,19 @@ def _fetch_weights_file(uri: str, workdir: Path, s3: S3Options) -> Path:
 
 
 def _check_fits(source: ModelSource, path: Path, shown_as: str) -> None:
+    """The weights load into the architecture, and their head has one output per class."""
+    state = load_state_dict_file(path, shown_as)
+    head = source.head_size(state)
+    if head is not None and head != source.num_classes:
+        if source.classes.origin == IMAGENET:
+            raise WeightsError(f"the weights in {shown_as} have a {head}-class head: give its classes in index "
+                               f"order with --classes FILE (without it the head must be {IMAGENET}'s "
+                               f"{IMAGENET_CLASSES} classes)")
+        raise WeightsError(f"the weights in {shown_as} have a {head}-class head, but {source.classes.origin} "
+                           f"lists {source.num_classes} classes")
     model = source.build()
     try:
-        model.load_state_dict(load_state_dict_file(path, shown_as))
+        model.load_state_dict(state)
     except RuntimeError as exc:
         first_line = str(exc).splitlines()[0]
         raise WeightsError(f"weights in {shown_as} do not fit {source.name}: {first_line}") from exc

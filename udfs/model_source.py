@@ -4,7 +4,9 @@
 `resolve_model_source("timm/tf_efficientnet_lite0")` (any timm architecture) gives a
 `ModelSource`: the library and architecture to build, the head size, the preprocessing (resize,
 crop, interpolation, mean, std), the class list (index -> label, wnid where known) and the
-library's own pretrained weights. It travels to the executors inside `Settings`; the predictor,
+library's own pretrained weights. A `--classes` file replaces ImageNet-1k's classes
+(`with_classes`), and the head is built for as many; `head_size` reads the class count of a
+state dict's head, for torchvision and timm models alike. It travels to the executors inside `Settings`; the predictor,
 the weights check, the summary and the report read everything model-specific from it, so a new
 model source is one more branch in this module and nowhere else.
 
@@ -18,9 +20,10 @@ from __future__ import annotations
 
 import difflib
 import functools
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from udfs.torchvision_import import load_torchvision
@@ -48,21 +51,64 @@ class ModelSource:
     pretrained: str  # the library's pretrained weights: "ResNet50_Weights.IMAGENET1K_V2", "tf_efficientnet_lite0.in1k"
 
     def build(self) -> torch.nn.Module:
-        """The architecture with freshly initialised parameters (the caller loads the weights)."""
-        if self.library == "timm":
-            import timm
+        """The architecture with a head of `num_classes`, freshly initialised (the caller loads the weights)."""
+        return _build(self.library, self.architecture, self.num_classes)
 
-            return timm.create_model(self.architecture, pretrained=False, num_classes=self.num_classes)
-        return torchvision.models.get_model(self.architecture, weights=None)
+    def with_classes(self, classes: ClassNames) -> "ModelSource":
+        """This model with a head for `classes` (a --classes file) instead of ImageNet-1k's."""
+        return replace(self, classes=classes, num_classes=len(classes))
+
+    def head_keys(self) -> tuple[str, ...]:
+        """The state-dict keys of the head's parameters (what a new class list replaces)."""
+        return tuple(_head_dims(self.library, self.architecture))
+
+    def head_size(self, state: dict[str, torch.Tensor]) -> Optional[int]:
+        """The number of classes the head in `state` has, or None when `state` has no head of this
+        architecture (loading it then fails with the library's own message)."""
+        for key, dim in _head_dims(self.library, self.architecture).items():
+            if key in state and state[key].dim() > dim:
+                return int(state[key].shape[dim])
+        return None
 
     def describe(self) -> dict[str, Any]:
         """What ran, for summary.json and the report."""
         prep = self.preprocessing
         return {"name": self.name, "library": self.library, "architecture": self.architecture,
-                "num_classes": self.num_classes, "pretrained": self.pretrained,
+                "num_classes": self.num_classes, "classes": self.classes.origin, "pretrained": self.pretrained,
                 "preprocessing": {"resize": list(prep.resize_size), "crop": list(prep.crop_size),
                                   "interpolation": prep.interpolation.value, "mean": list(prep.mean),
                                   "std": list(prep.std)}}
+
+
+def _build(library: str, architecture: str, num_classes: int) -> torch.nn.Module:
+    if library == "timm":
+        import timm
+
+        return timm.create_model(architecture, pretrained=False, num_classes=num_classes)
+    return torchvision.models.get_model(architecture, weights=None, num_classes=num_classes)
+
+
+@functools.cache
+def _head_dims(library: str, architecture: str) -> dict[str, int]:
+    """{state-dict key: the dimension that is the class count} of the architecture's head (its
+    classifier's weight and bias, and auxiliary heads such as Inception v3's): the parameters whose
+    shape changes with the number of classes, found by building it with two head sizes on the meta
+    device (no memory, no initialisation cost)."""
+    shapes = []
+    for num_classes in (IMAGENET_CLASSES, 7):
+        try:
+            with torch.device("meta"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # inception_v3's notice about its initialisation
+                model = _build(library, architecture, num_classes)
+        except Exception:  # an architecture whose construction needs real tensors
+            model = _build(library, architecture, num_classes)
+        shapes.append({key: tuple(value.shape) for key, value in model.state_dict().items()})
+    dims = {}
+    for key, shape in shapes[0].items():
+        other = shapes[1].get(key)
+        if other is not None and other != shape:
+            dims[key] = next(i for i, (a, b) in enumerate(zip(shape, other)) if a != b)
+    return dims
 
 
 @functools.cache  # one value per name in a process: a run resolves once, the tests and benches many times
@@ -101,10 +147,7 @@ def _timm_source(name: str, architecture: str) -> ModelSource:
     if not architecture or not timm.is_model(architecture):
         raise _unknown(name, [TIMM_PREFIX + n for n in timm.list_models()], "timm", "timm.list_models()")
     pretrained = timm.models.get_pretrained_cfg(architecture)
-    num_classes = pretrained.num_classes if pretrained is not None and pretrained.num_classes else IMAGENET_CLASSES
-    if num_classes != IMAGENET_CLASSES:
-        raise ModelSourceError(f"{name}'s pretrained head has {num_classes} classes: only ImageNet-1k heads "
-                               f"({IMAGENET_CLASSES} classes) can be scored (pick a tag such as .in1k)")
+    num_classes = IMAGENET_CLASSES  # until --classes says otherwise (the weights' head must match, udfs.model)
     with torch.device("meta"):  # only its configuration is read: no memory, no initialisation cost
         model = timm.create_model(architecture, pretrained=False, num_classes=num_classes)
     config = timm.data.resolve_model_data_config(model)
@@ -153,8 +196,8 @@ def pretrained_weights_file(source: ModelSource, workdir: Path) -> Path:
         path = workdir / f"{source.architecture}-pretrained.pt"
         if path.is_file():  # fetched before Spark started (jobs.run.fetch_pretrained_weights)
             return path
-        try:
-            model = timm.create_model(source.architecture, pretrained=True, num_classes=source.num_classes)
+        try:  # the pretrained head as it is (in21k heads have 21843 classes: --classes must list them)
+            model = timm.create_model(source.architecture, pretrained=True)
         except Exception as exc:  # huggingface_hub / urllib errors offline, no pretrained weights
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise WeightsError(f"cannot download timm's pretrained weights {source.pretrained} ({reason}); "

@@ -238,10 +238,14 @@ class Predictor:
         columns: dict[str, list] = {name: [] for name in SCORED_SCHEMA.fieldNames()}
         for (_, image), result in zip(batch.iterrows(), results):
             wnid = image["wnid"] if isinstance(image["wnid"], str) else None
+            label = image["label"] if isinstance(image["label"], str) else None
+            truth = self.names.truth_index(wnid, label)  # None: no truth among the model's classes
+            if truth is not None:  # the true class as the model's class list names it
+                wnid, label = self.names.wnid(truth) or wnid, self.names.label(truth)
             columns["image_id"].append(image["image_id"])
             columns["path"].append(image["path"])
             columns["wnid"].append(wnid)
-            columns["label"].append(image["label"] if isinstance(image["label"], str) else None)
+            columns["label"].append(label)
             self.stats.images += 1
             if isinstance(result, Failure):
                 self.stats.errors += 1
@@ -254,17 +258,14 @@ class Predictor:
                 continue
             values, indices = result
             best = int(indices[0])
-            pred_wnid = self.names.wnid(best)
-            known = self.names.knows(wnid)
-            top5_wnids = {self.names.wnid(int(i)) for i in indices[:5]}
             columns["pred_index"].append(best)
-            columns["pred_wnid"].append(pred_wnid)
+            columns["pred_wnid"].append(self.names.wnid(best))
             columns["pred_label"].append(self.names.label(best))
             columns["pred_prob"].append(float(values[0]))
             columns["top_k_indices"].append([int(i) for i in indices[: self.top_k]])
             columns["top_k_probs"].append([float(v) for v in values[: self.top_k]])
-            columns["correct"].append(pred_wnid == wnid if known else None)
-            columns["top5_correct"].append(wnid in top5_wnids if known else None)
+            columns["correct"].append(best == truth if truth is not None else None)
+            columns["top5_correct"].append(truth in {int(i) for i in indices[:5]} if truth is not None else None)
             columns["error"].append(None)
             columns["error_kind"].append(None)
         frame = pd.DataFrame(columns)

@@ -48,6 +48,7 @@ class WeightsSource:
     sha256: str
     file_name: str
     seed: Optional[int] = None
+    driver_path: str = ""  # where the driver keeps the file it ships (driver-only)
 
     @property
     def is_random(self) -> bool:
@@ -71,6 +72,7 @@ class Settings:
     resume: bool = False  # driver-only: keep OUTPUT's committed predictions, score the rest (jobs/resume.py)
     commit_every: int = 10_000  # driver-only: images per committed chunk of predictions
     label_map: Optional[str] = None
+    classes: Optional[str] = None  # --classes FILE: the model's classes in index order (udfs.labels.read_class_list)
     precision: str = "auto"
     channels_last: bool = True
     graph: str = "auto"
