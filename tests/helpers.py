@@ -49,3 +49,20 @@ def images_frame(paths: Sequence[str]) -> pd.DataFrame:
         wnid, label = truth_from_folder(folder)
         rows.append((path, name.rsplit(".", 1)[0], wnid, label, None))
     return pd.DataFrame(rows, columns=["path", "image_id", "wnid", "label", "size_bytes"])
+
+
+def softmax_rows(model, transform, files: Sequence[Path]) -> dict:
+    """{`<folder>/<file>`: softmax probabilities} from a plain model: the library's own transform on
+    Pillow images (EXIF orientation honoured, RGB), batches of 16, `torch.softmax`."""
+    import torch
+    from PIL import Image, ImageOps
+
+    model.eval()
+    result = {}
+    for start in range(0, len(files), 16):
+        chunk = files[start:start + 16]
+        batch = torch.stack([transform(ImageOps.exif_transpose(Image.open(f)).convert("RGB")) for f in chunk])
+        with torch.inference_mode():
+            probs = torch.softmax(model(batch), dim=1)
+        result.update({f"{f.parent.name}/{f.name}": row for f, row in zip(chunk, probs)})
+    return result

@@ -18,13 +18,12 @@ import timm
 import timm.data
 import torch
 import torchvision
-from PIL import Image, ImageOps
 
 from jobs.sample_images import dog_breeds
 from scripts.efficientnet_lite0_weights import ARCHITECTURE, MODEL, convert
 from scripts.fine_tune_head import fine_tune
 from tests.conftest import upload_tree
-from tests.helpers import read_per_class, read_predictions, read_summary, run_in_process
+from tests.helpers import read_per_class, read_predictions, read_summary, run_in_process, softmax_rows
 from tests.test_infer_dogs import assert_per_class_consistent
 from udfs.labels import imagenet_wnids, parse_class_list, truth_from_folder
 from udfs.model import resolve_weights
@@ -33,19 +32,6 @@ from udfs.settings import S3Options
 
 TIE = 1e-5  # two classes this close in the reference may swap places in the fused graph
 DOG_FOLDERS = sorted(f"{wnid}-{breed}" for wnid, breed in dog_breeds(120))  # ImageFolder's class order
-
-
-def softmax_rows(model: torch.nn.Module, transform, files) -> dict[str, torch.Tensor]:
-    """{`<folder>/<file>`: softmax probabilities} from the plain model."""
-    model.eval()
-    result = {}
-    for start in range(0, len(files), 16):
-        chunk = files[start:start + 16]
-        batch = torch.stack([transform(ImageOps.exif_transpose(Image.open(f)).convert("RGB")) for f in chunk])
-        with torch.inference_mode():
-            probs = torch.softmax(model(batch), dim=1)
-        result.update({f"{f.parent.name}/{f.name}": row for f, row in zip(chunk, probs)})
-    return result
 
 
 def assert_rows_equal_reference(predictions, reference: dict[str, torch.Tensor], classes: list[str]) -> None:

@@ -17,10 +17,9 @@ import pytest
 import timm
 import timm.data
 import torch
-from PIL import Image, ImageOps
 
 from scripts.efficientnet_lite0_weights import ARCHITECTURE, MODEL, convert
-from tests.helpers import read_per_class, read_predictions, read_summary, run_in_process
+from tests.helpers import read_per_class, read_predictions, read_summary, run_in_process, softmax_rows
 from tests.test_infer_dogs import assert_per_class_consistent
 from udfs.labels import imagenet_wnids
 
@@ -38,17 +37,8 @@ def timm_reference(real_weights, sample_images, one_torch_thread) -> dict[str, t
     """{`<folder>/<file>`: softmax probabilities} from plain timm."""
     model = timm.create_model(ARCHITECTURE, pretrained=False)
     model.load_state_dict(torch.load(real_weights, weights_only=True))
-    model.eval()
     transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))
-    files = sample_images.files()
-    result = {}
-    for start in range(0, len(files), 16):
-        chunk = files[start:start + 16]
-        batch = torch.stack([transform(ImageOps.exif_transpose(Image.open(f)).convert("RGB")) for f in chunk])
-        with torch.inference_mode():
-            probs = torch.softmax(model(batch), dim=1)
-        result.update({f"{f.parent.name}/{f.name}": row for f, row in zip(chunk, probs)})
-    return result
+    return softmax_rows(model, transform, sample_images.files())
 
 
 def run_real(spark, input_uri: str, out, *extra: str) -> dict:
