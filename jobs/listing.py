@@ -4,9 +4,9 @@ Only keys and sizes are listed here (boto3 list_objects_v2 paginator, top-level 
 in parallel; `os.scandir` recursion locally); image bytes are read later on the executors.
 Truth comes from the parent folder name (`<wnid>-<Breed>`, or any other name, given a wnid by
 `--label-map`); which of the model's classes it is, by wnid else by exact name, is
-`udfs.labels.ClassNames.truth_index`'s to say. Objects whose extension is not an image extension are skipped and counted: the
-summary reports them (`skipped_non_image`), so a prefix that also holds annotations or CSVs is
-scored cleanly. Content, not extension, decides how an image is decoded.
+`udfs.labels.ClassNames.truth_index`'s to say. Objects whose extension is not an image
+extension are skipped and counted: the summary reports them (`skipped_non_image`), so a prefix
+that also holds annotations or CSVs is scored cleanly. Content, not extension, decides how an image is decoded.
 """
 
 from __future__ import annotations
@@ -264,9 +264,9 @@ def _list_all(client, bucket: str, prefix: str) -> Iterator[tuple[str, int]]:
 def truth_unknown_to_model(names: ClassNames, images) -> list[str]:
     """The listed truths (a folder's wnid, else its label) that are none of the model's classes:
     their images count as without truth."""
-    truths = images[["wnid", "label"]].drop_duplicates()
-    unknown = {wnid if isinstance(wnid, str) else label
-               for wnid, label in zip(truths["wnid"], truths["label"])
-               if names.truth_index(wnid if isinstance(wnid, str) else None,
-                                    label if isinstance(label, str) else None) is None}
-    return sorted(truth for truth in unknown if isinstance(truth, str))
+    unknown = set()
+    for wnid, label in images[["wnid", "label"]].drop_duplicates().itertuples(index=False):
+        wnid = wnid if isinstance(wnid, str) else None  # pandas holds a missing wnid as None or NaN
+        if names.truth_index(wnid, label) is None:
+            unknown.add(wnid or label)
+    return sorted(unknown)
