@@ -6,7 +6,8 @@ Truth comes from the parent folder name (`<wnid>-<Breed>`, or any other name, gi
 `--label-map`); which of the model's classes it is, by wnid else by exact name, is
 `udfs.labels.ClassNames.truth_index`'s to say. Objects whose extension is not an image
 extension are skipped and counted: the summary reports them (`skipped_non_image`), so a prefix
-that also holds annotations or CSVs is scored cleanly. Content, not extension, decides how an image is decoded.
+that also holds annotations or CSVs is scored cleanly. Content, not extension, decides how an
+image is decoded.
 """
 
 from __future__ import annotations
