@@ -63,10 +63,9 @@ def prepare_weights(settings: Settings) -> Settings:
     settings = validate_model(settings)
     if settings.weights_source is not None:
         return settings
-    source, _ = resolve_weights(
+    return settings.with_weights_source(resolve_weights(
         settings.model_source, settings.weights, settings.random_weights, weights_workdir(), settings.s3
-    )
-    return settings.with_weights_source(source)
+    ))
 
 
 def ship_weights(spark: SparkSession, settings: Settings) -> Settings:

@@ -135,10 +135,10 @@ def test_a_head_that_is_not_imagenet_needs_its_classes(twelve_class_weights, tmp
     with pytest.raises(WeightsError, match="have a 12-class head, but ten.txt lists 10 classes"):
         resolve_weights(ten, str(twelve_class_weights), None, tmp_path, S3Options())
     twelve = source.with_classes(parse_class_list("\n".join(f"c{i}" for i in range(12)), "twelve.txt"))
-    weights, _ = resolve_weights(twelve, str(twelve_class_weights), None, tmp_path, S3Options())
+    weights = resolve_weights(twelve, str(twelve_class_weights), None, tmp_path, S3Options())
     assert weights.kind == "file"
-    random_weights, path = resolve_weights(ten, None, 3, tmp_path, S3Options())  # built for the list's size
-    assert ten.head_size(torch.load(path, weights_only=True)) == 10 and random_weights.is_random
+    random_weights = resolve_weights(ten, None, 3, tmp_path, S3Options())  # built for the list's size
+    assert ten.head_size(torch.load(random_weights.driver_path, weights_only=True)) == 10 and random_weights.is_random
 
 
 def classes_file(tmp_path, text: str, name: str = "classes.txt"):

@@ -145,9 +145,9 @@ def test_the_fine_tuning_script_writes_what_the_job_scores(sample_images, tmp_pa
     source = resolve_model_source("mobilenet_v3_small")
     trained = torch.load(model_file, weights_only=True)
     assert source.head_size(trained) == len(folders)
-    start = torch.load(resolve_weights(source, None, 0, tmp_path / "w", S3Options())[1], weights_only=True)
+    start = torch.load(resolve_weights(source, None, 0, tmp_path / "w", S3Options()).driver_path, weights_only=True)
     head = set(source.head_keys())
     assert all(torch.equal(trained[k], start[k]) for k in start if k not in head)  # the backbone frozen
     fitted = source.with_classes(parse_class_list(classes_file.read_text(), str(classes_file)))
-    weights, _ = resolve_weights(fitted, str(model_file), None, tmp_path / "work", S3Options())  # the job's check
+    weights = resolve_weights(fitted, str(model_file), None, tmp_path / "work", S3Options())  # the job's check
     assert weights.kind == "file"

@@ -20,7 +20,7 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from udfs.errors import ClassListError
+from udfs.errors import ClassListError, error_message
 
 if TYPE_CHECKING:
     from udfs.settings import S3Options
@@ -108,7 +108,6 @@ class ClassNames:
 def read_class_list(uri: str, s3: "S3Options") -> ClassNames:
     """A `--classes` file (local path or s3://) as the model's classes; ClassListError (a usage
     error) says in one line what is wrong with it."""
-    from udfs.errors import error_message
     from udfs.storage import read_bytes
 
     try:

@@ -81,8 +81,8 @@ def resolve_weights(
     random_seed: int | None,
     workdir: Path,
     s3: S3Options,
-) -> tuple[WeightsSource, Path]:
-    """Materialise the run's weights as one local file; check they fit the model."""
+) -> WeightsSource:
+    """Materialise the run's weights as one local file (`driver_path`); check they fit the model."""
     workdir.mkdir(parents=True, exist_ok=True)
     stem = source.architecture
     if random_seed is not None:
@@ -101,9 +101,8 @@ def resolve_weights(
         named = workdir / f"{stem}-{sha256[:16]}.pt"
         path.replace(named)
         path = named
-    source = WeightsSource(kind=kind, description=description, sha256=sha256, file_name=path.name, seed=random_seed,
-                           driver_path=str(path))
-    return source, path
+    return WeightsSource(kind=kind, description=description, sha256=sha256, file_name=path.name, seed=random_seed,
+                         driver_path=str(path))
 
 
 def _fetch_weights_file(uri: str, workdir: Path, s3: S3Options) -> Path:

@@ -6,9 +6,9 @@
 crop, interpolation, mean, std), the class list (index -> label, wnid where known) and the
 library's own pretrained weights. A `--classes` file replaces ImageNet-1k's classes
 (`with_classes`), and the head is built for as many; `head_size` reads the class count of a
-state dict's head, for torchvision and timm models alike. It travels to the executors inside `Settings`; the predictor,
-the weights check, the summary and the report read everything model-specific from it, so a new
-model source is one more branch in this module and nowhere else.
+state dict's head, for torchvision and timm models alike. It travels to the executors inside
+`Settings`; the predictor, the weights check, the summary and the report read everything
+model-specific from it, so a new model source is one more branch in this module and nowhere else.
 
 torchvision's preprocessing and category names come from the architecture's DEFAULT weights
 entry; timm's from `timm.data.resolve_model_data_config` + `create_transform`, the eval transform
@@ -194,7 +194,7 @@ def pretrained_weights_file(source: ModelSource, workdir: Path) -> Path:
         import timm
 
         path = workdir / f"{source.architecture}-pretrained.pt"
-        if path.is_file():  # fetched before Spark started (jobs.run.fetch_pretrained_weights)
+        if path.is_file():  # fetched before Spark started (jobs.run.prepare_weights)
             return path
         try:  # the pretrained head as it is (in21k heads have 21843 classes: --classes must list them)
             model = timm.create_model(source.architecture, pretrained=True)
