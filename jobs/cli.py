@@ -27,8 +27,8 @@ S3_FLAGS = {
     "s3_endpoint_url": "endpoint_url",
     "s3_anonymous": "anonymous",
     "s3_region": "region",
-    "s3_retry_mode": "retry_mode",
     "s3_max_attempts": "max_attempts",
+    "s3_retry_budget": "retry_budget_s",
     "s3_connect_timeout": "connect_timeout_s",
     "s3_read_timeout": "read_timeout_s",
 }
@@ -133,10 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     s3.add_argument("--s3-endpoint-url", default=None, help="custom S3 endpoint (MinIO, moto, a VPC endpoint)")
     s3.add_argument("--s3-anonymous", action="store_true", help="unsigned requests, for public buckets")
     s3.add_argument("--s3-region", default=None, help="S3 region (default: boto3's own resolution)")
-    s3.add_argument("--s3-retry-mode", choices=("standard", "adaptive", "legacy"), default="adaptive",
-                    help="boto3 retry mode")
-    s3.add_argument("--s3-max-attempts", type=int, default=10,
-                    help="boto3 max attempts per request (also per object body that breaks off mid-stream)")
+    s3.add_argument("--s3-max-attempts", type=int, default=S3Options.max_attempts,
+                    help="attempts per request, the first included: throttling (SlowDown, 503), 5xx, resets, "
+                         "timeouts and bodies cut short are sent again after a jittered exponential backoff "
+                         f"({S3Options.backoff_base_s:g} s doubling, at most {S3Options.backoff_cap_s:g} s); a "
+                         "missing or forbidden object is not")
+    s3.add_argument("--s3-retry-budget", type=float, default=S3Options.retry_budget_s, metavar="SECONDS",
+                    help="per image (or listing page): no retry starts later than this after its first attempt; "
+                         "still failing then: one read_error row")
     s3.add_argument("--s3-connect-timeout", type=float, default=10.0, help="seconds to wait for a connection")
     s3.add_argument("--s3-read-timeout", type=float, default=60.0,
                     help="seconds to wait for an answer; a request past it is retried like a 5xx")
@@ -304,6 +308,8 @@ def validate(settings: Settings) -> None:
         raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}")
     if settings.s3.max_attempts < 1:
         raise UsageError("--s3-max-attempts must be at least 1")
+    if settings.s3.retry_budget_s < 0:
+        raise UsageError("--s3-retry-budget must be at least 0 seconds")
     if settings.s3.connect_timeout_s <= 0 or settings.s3.read_timeout_s <= 0:
         raise UsageError("--s3-connect-timeout and --s3-read-timeout must be more than 0 seconds")
     if settings.top_k > 1000:

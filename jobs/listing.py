@@ -1,7 +1,7 @@
 """Listing the input on the driver: S3 prefix or local folder -> one row per image.
 
-Only keys and sizes are listed here (boto3 list_objects_v2 paginator, top-level prefixes listed
-in parallel; `os.scandir` recursion locally); image bytes are read later on the executors.
+Only keys and sizes are listed here (boto3 list_objects_v2, page by page under the job's retry
+policy, top-level prefixes listed in parallel; `os.scandir` recursion locally); image bytes are read later on the executors.
 Truth comes from the parent folder name (`<wnid>-<Breed>`, or any other name, given a wnid by
 `--label-map`); which of the model's classes it is, by wnid else by exact name, is
 `udfs.labels.ClassNames.truth_index`'s to say. Objects whose extension is not an image
@@ -25,7 +25,9 @@ from typing import Iterable, Iterator, Optional
 import pandas as pd
 from botocore.exceptions import BotoCoreError, ClientError
 
+from udfs.errors import S3RetriesExhausted, error_message
 from udfs.labels import WNID, ClassNames, truth_from_folder
+from udfs.s3_retry import RetryCounts, with_retries
 from udfs.schema import IMAGES_SCHEMA
 from udfs.settings import S3Options, Settings
 from udfs.storage import is_local_uri, is_s3_uri, local_path, s3_client, split_s3_uri
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 LISTING_THREADS = 16
+LIST_PAGE_SIZE = 1000  # keys per ListObjectsV2 page (S3's most)
 
 
 class ListingError(Exception):
@@ -47,13 +50,18 @@ class Listing:
     total_images: int  # before --limit
     skipped_in_output: int = 0  # files of OUTPUT when it lies inside INPUT
     skipped_bad_name: int = 0  # image files whose local names are not UTF-8
+    s3_retries: Optional[dict[str, int]] = None  # an S3 listing's RetryCounts.as_dict() (pages, not images)
 
 
 def list_images(settings: Settings) -> Listing:
     if is_s3_uri(settings.input):
-        entries = list_s3(settings.input, settings.s3)
-    else:
-        entries = list_local(settings.input)
+        retries = RetryCounts()
+        listing = _list_images(list_s3(settings.input, settings.s3, retries), settings)
+        return replace(listing, s3_retries=retries.as_dict())
+    return _list_images(list_local(settings.input), settings)
+
+
+def _list_images(entries: Iterable[tuple[str, Optional[int]]], settings: Settings) -> Listing:
     label_map = read_label_map(settings.label_map) if settings.label_map else None
     inside = output_inside_input(settings.input, settings.output)
     if inside is None:
@@ -204,7 +212,7 @@ def list_local(root: str) -> Iterator[tuple[str, Optional[int]]]:
         stack.extend(reversed(subfolders))  # the first name is walked first
 
 
-def list_s3(uri: str, options: S3Options) -> Iterator[tuple[str, int]]:
+def list_s3(uri: str, options: S3Options, counts: Optional[RetryCounts] = None) -> Iterator[tuple[str, int]]:
     """Every object under the prefix, as `s3://bucket/key` URIs with sizes, yielded as listed.
 
     The first level below the prefix is listed with a delimiter (here, before this returns: a
@@ -213,19 +221,19 @@ def list_s3(uri: str, options: S3Options) -> Iterator[tuple[str, int]]:
     a prefix's keys are dropped once the images table has taken them, instead of being held
     twice more as lists of keys and of URIs. With `build_listing` sharing each folder's truth,
     300,000 keys peaked at 94 MiB of Python objects for a 65 MiB table (167 for 98 before;
-    tests/test_listing.py holds it under 1.5x at 60,000).
+    tests/test_listing.py holds it under 1.5x at 60,000). Every page is retried as
+    `udfs.s3_retry` says and counted in `counts`; a page still failing fails the listing.
     """
     bucket, prefix = split_s3_uri(uri)
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     scheme = uri.split("://", 1)[0]
-    client = s3_client(options)
     with listing_errors(uri):
-        top_objects, sub_prefixes = _list_level(client, bucket, prefix)
+        top_objects, sub_prefixes = _list_level(options, counts, bucket, prefix)
 
     def objects() -> Iterator[tuple[str, int]]:
         with listing_errors(uri), ThreadPoolExecutor(max_workers=LISTING_THREADS) as pool:
-            nested = pool.map(lambda sub: list(_list_all(client, bucket, sub)), sub_prefixes)
+            nested = pool.map(lambda sub: list(_list_all(options, counts, bucket, sub)), sub_prefixes)
             for chunk in itertools.chain([top_objects], nested):
                 for key, size in chunk:
                     yield f"{scheme}://{bucket}/{key}", size
@@ -241,22 +249,36 @@ def listing_errors(uri: str) -> Iterator[None]:
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         raise ListingError(f"cannot list {uri}: {code or exc}") from exc
-    except BotoCoreError as exc:
-        raise ListingError(f"cannot list {uri}: {exc}") from exc
+    except (BotoCoreError, S3RetriesExhausted) as exc:
+        raise ListingError(f"cannot list {uri}: {error_message(exc)}") from exc
 
 
-def _list_level(client, bucket: str, prefix: str) -> tuple[list[tuple[str, int]], list[str]]:
+def _pages(options: S3Options, counts: Optional[RetryCounts], **params) -> Iterator[dict]:
+    """ListObjectsV2 pages, each one retried on its own (a throttled page is sent again, never
+    taken as the end of the listing)."""
+    client = s3_client(options)
+    token: Optional[str] = None
+    while True:
+        page_params = {**params, "MaxKeys": LIST_PAGE_SIZE, **({"ContinuationToken": token} if token else {})}
+        page = with_retries(lambda: client.list_objects_v2(**page_params), options, counts,
+                            f"listing s3://{params['Bucket']}/{params['Prefix']}")
+        yield page
+        token = page.get("NextContinuationToken")
+        if not page.get("IsTruncated") or not token:
+            return
+
+
+def _list_level(options: S3Options, counts: Optional[RetryCounts], bucket: str,
+                prefix: str) -> tuple[list[tuple[str, int]], list[str]]:
     objects, prefixes = [], []
-    paginator = client.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+    for page in _pages(options, counts, Bucket=bucket, Prefix=prefix, Delimiter="/"):
         objects.extend((item["Key"], item["Size"]) for item in page.get("Contents", []))
         prefixes.extend(item["Prefix"] for item in page.get("CommonPrefixes", []))
     return objects, prefixes
 
 
-def _list_all(client, bucket: str, prefix: str) -> Iterator[tuple[str, int]]:
-    paginator = client.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+def _list_all(options: S3Options, counts: Optional[RetryCounts], bucket: str, prefix: str) -> Iterator[tuple[str, int]]:
+    for page in _pages(options, counts, Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
             if not item["Key"].endswith("/"):
                 yield item["Key"], item["Size"]

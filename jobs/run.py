@@ -142,6 +142,7 @@ def run_job(spark: SparkSession, settings: Settings, listing: Listing,
             {"version": spark.version, "master": spark.sparkContext.master,
              "default_parallelism": spark.sparkContext.defaultParallelism},
             outputs,
+            listing.s3_retries,
         )
 
     summary = summarize()

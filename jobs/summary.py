@@ -49,6 +49,39 @@ def inference_span(task_records: list[dict[str, Any]]) -> Optional[float]:
     return max(r["finished"] for r in task_records) - min(r["started"] for r in task_records)
 
 
+def s3_retry_report(listing_retries: Optional[dict[str, int]],
+                    task_records: Iterable[dict[str, Any]]) -> Optional[dict[str, dict[str, int]]]:
+    """What udfs.s3_retry did: image reads (summed over the scoring tasks that counted) and listing
+    pages; None for a run that read nothing from S3."""
+    reads = {"requests_retried": 0, "throttled": 0, "retried": 0, "gave_up": 0}
+    for record in task_records:
+        for key, value in record.get("s3_retries", {}).items():
+            reads[key] += value
+    if listing_retries is None and not any(reads.values()):
+        return None
+    listing = listing_retries or dict.fromkeys(reads, 0)
+    return {
+        "reads": {"requests_retried": reads["requests_retried"], "throttling_responses": reads["throttled"],
+                  "images_retried": reads["retried"], "images_given_up": reads["gave_up"]},
+        "listing": {"requests_retried": listing["requests_retried"], "throttling_responses": listing["throttled"],
+                    "pages_retried": listing["retried"]},
+    }
+
+
+def s3_retry_text(report: dict[str, dict[str, int]]) -> str:
+    """`images: 37 requests retried for 30 images (12 throttling answers), 0 given up; listing: none`."""
+    reads, listing = report["reads"], report["listing"]
+    text = (f"images: {reads['requests_retried']:,} requests retried for {reads['images_retried']:,} images "
+            f"({reads['throttling_responses']:,} throttling answers), {reads['images_given_up']:,} still failing "
+            "after retries" if reads["requests_retried"] or reads["images_given_up"] else "images: none")
+    if listing["requests_retried"]:
+        text += (f"; listing: {listing['requests_retried']:,} requests retried for {listing['pages_retried']:,} "
+                 f"pages ({listing['throttling_responses']:,} throttling answers)")
+    else:
+        text += "; listing: none"
+    return text
+
+
 def build_summary(
     settings: Settings,
     totals: dict[str, Any],
@@ -58,6 +91,7 @@ def build_summary(
     unknown_truth: list[str],
     spark_info: dict[str, Any],
     outputs: dict[str, str],
+    listing_retries: Optional[dict[str, int]] = None,
 ) -> dict[str, Any]:
     source = settings.weights_source
     workers = worker_report(task_records)
@@ -88,6 +122,7 @@ def build_summary(
         "counts": {**listing_counts, "images": images, "scored": totals["scored"], "errors": totals["errors"],
                    "with_truth": totals["with_truth"]},
         "errors_by_kind": totals["errors_by_kind"],
+        "s3_retries": s3_retry_report(listing_retries, task_records),  # udfs.s3_retry's counts; None: no S3
         "accuracy": {"top1": totals["top1_accuracy"], "top5": totals["top5_accuracy"], "note": accuracy_note,
                      "truth_not_in_model": unknown_truth},
         "timing_s": {**{k: round(v, 3) for k, v in timings.items()},
@@ -176,6 +211,7 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ("images", f"{counts['images']:,}: {counts['scored']:,} scored, {counts['errors']:,} errors "
                    f"({left_out})"),
         ("errors by kind", ", ".join(f"{k} {v:,}" for k, v in errors.items()) if errors else "none"),
+        *([("S3 retries", s3_retry_text(summary["s3_retries"]))] if summary.get("s3_retries") else []),
         ("top-1 accuracy", f"{_pct(accuracy['top1'])} over {counts['with_truth']:,} images with a known truth"),
         ("top-5 accuracy", _pct(accuracy["top5"])),
     ]

@@ -32,6 +32,12 @@ with the last layer rescaled as the tests do (tests/reference.py), so that predi
 near-uniform and the bf16-vs-fp32 agreement compares real decisions; speed does not depend on
 the values, and accuracy is not reported.
 
+`--s3-fault-rate 0.35`: after the loopback S3 job, the same job through tests/fault_proxy.py in
+front of that endpoint, clean, then with that share of requests failing (500, 503 SlowDown,
+reset, body cut short, each drawn independently), then clean again: images scored of those
+listed, the retries the job's summary counts, and the faulty run's wall time against the clean
+runs' through the same proxy (the proxy's own cost is in both).
+
 `--precision bf16` (CPU): the model ceiling and the job in bf16 (autocast, traced into the
 TorchScript graph), and the job again in fp32 in the same run, with the top-1 agreement of the
 two; the baselines stay fp32, as published.
@@ -311,6 +317,8 @@ def run_job(input_uri: str, output: Path, args, weights: Path, env: dict[str, st
     wall = run_timed(command, env, log_file)
     summary = json.loads((output / "summary.json").read_text())
     return {"wall_s": wall, "images": summary["counts"]["images"], "errors": summary["counts"]["errors"],
+            "listed": summary["counts"]["listed"], "scored": summary["counts"]["scored"],
+            "s3_retries": summary.get("s3_retries"),
             "inference_images_per_s": summary["images_per_s"]["inference"],
             "inference_s": summary["timing_s"]["inference"], "timing_s": summary["timing_s"],
             "inference_images_per_s_after_model_build": round(
@@ -367,6 +375,28 @@ def upload(endpoint: str, files: list[Path], root: Path, bucket: str) -> str:
     return f"s3://{bucket}/bench/"
 
 
+def s3_fault_runs(args, uri: str, endpoint: str, weights: Path, env: dict[str, str], job_precision: list[str],
+                  work: Path, out: Path, log) -> dict[str, Any]:
+    """The S3 job through the fault proxy: clean, at --s3-fault-rate, clean again."""
+    from tests.fault_proxy import FAILURES, INDEPENDENT, FaultPlan, FaultProxy
+
+    faulty = FaultPlan(rate=args.s3_fault_rate, kinds=FAILURES, seed=0, max_consecutive=INDEPENDENT)
+    proxy = FaultProxy(endpoint).start()
+    runs: dict[str, Any] = {}
+    try:
+        for key, plan in (("job_s3_proxy", FaultPlan()), ("job_s3_faults", faulty), ("job_s3_proxy_again", FaultPlan())):
+            proxy.set_plan(plan)
+            log(f"job, loopback S3 through the fault proxy, {100 * plan.rate:.0f} % faults ...")
+            runs[key] = run_job(uri, work / key.replace("_", "-"), args, weights, env,
+                                ["--s3-endpoint-url", proxy.endpoint, *job_precision],
+                                out / f"{key.replace('_', '-')}-{args.model}.log")
+            runs[key]["proxy"] = {"requests": proxy.requests, "faults": dict(proxy.faults)}
+    finally:
+        proxy.stop()
+    runs["s3_fault_rate"] = args.s3_fault_rate
+    return runs
+
+
 # ---------------------------------------------------------------- main -----------------------
 def missing_packages(args) -> list[str]:
     """What this run needs beyond the job's own dependencies (the `bench` extra)."""
@@ -388,6 +418,8 @@ def main() -> int:
                         help="CPU: the precision of the model ceiling and the job; with bf16 the job also runs in "
                              "fp32 in the same run, for the agreement and the fp32 ratios (baselines stay fp32)")
     parser.add_argument("--no-s3", dest="s3", action="store_false", help="skip the loopback S3 run")
+    parser.add_argument("--s3-fault-rate", type=float, default=0.0, metavar="RATE",
+                        help="also run the S3 job through a fault proxy failing this share of requests (e.g. 0.35)")
     parser.add_argument("--baselines", action="store_true", help="also run the three baselines: the Dask tutorial, the Databricks pattern, Spark's predict_batch_udf")
     parser.add_argument("--rss-check", action="store_true",
                         help="also run the job on one copy and on half the copies, to compare Python worker peak "
@@ -501,6 +533,8 @@ def main() -> int:
                 log("job, loopback S3 ...")
                 result["job_s3"] = run_job(uri, work / "run-s3", args, weights, env,
                                            ["--s3-endpoint-url", endpoint, *job_precision], out / f"job-s3-{args.model}.log")
+                if args.s3_fault_rate:
+                    result.update(s3_fault_runs(args, uri, endpoint, weights, env, job_precision, work, out, log))
             finally:
                 server.stop()
 
@@ -535,6 +569,9 @@ def main() -> int:
             result["ratios"]["job_s3_inference_vs_combined_ceiling"] = result["job_s3"]["inference_images_per_s"] / combined
             result["ratios"]["job_s3_inference_vs_combined_ceiling_s3"] = (
                 result["job_s3"]["inference_images_per_s"] / result["combined_ceiling_s3_images_per_s"])
+        if "job_s3_faults" in result:
+            clean = (result["job_s3_proxy"]["wall_s"] + result["job_s3_proxy_again"]["wall_s"]) / 2
+            result["ratios"]["job_s3_faults_wall_vs_clean_wall"] = result["job_s3_faults"]["wall_s"] / clean
         if args.rss_check:
             result["ratios"]["worker_peak_rss_all_vs_one_copy"] = (
                 result["job_local"]["worker_peak_rss_mb"] / result["job_one_copy"]["worker_peak_rss_mb"])
@@ -612,6 +649,8 @@ def format_table(result: dict[str, Any]) -> str:
                          f"{job['inference_images_per_s_after_model_build'] / combined:.2f}"
                          f" x combined ceiling (build + trace took {job['timing_s']['model_build_max']:.1f} s per worker)"))
             rows.append((f"job ({where}) whole process", f"{job['wall_s']:.1f} s", f"{job['images']} images"))
+    if "job_s3_faults" in result:
+        rows += s3_fault_rows(result)
     if "bf16_vs_fp32" in result:
         agree = result["bf16_vs_fp32"]
         rows.append(("bf16 vs fp32 top-1", f"{100 * agree['top1_agreement']:.1f} %",
@@ -651,6 +690,23 @@ def format_table(result: dict[str, Any]) -> str:
               + f", {result['device']}{' (' + machine['gpu'] + ')' if machine['gpu'] else ''}"
               + (f"; the job's batch {result['job_batch']}" if "job_batch" in result else ""))
     return table_lines(header, rows, 16)
+
+
+def s3_fault_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    faulty, before, after = result["job_s3_faults"], result["job_s3_proxy"], result["job_s3_proxy_again"]
+    reads, listing = faulty["s3_retries"]["reads"], faulty["s3_retries"]["listing"]
+    proxy = faulty["proxy"]
+    return [
+        ("job (s3 via proxy) clean", f"{before['wall_s']:.1f} s", f"whole process; again after: {after['wall_s']:.1f} s"),
+        (f"job (s3, {100 * result['s3_fault_rate']:.0f} % faults)", f"{faulty['wall_s']:.1f} s",
+         f"{result['ratios']['job_s3_faults_wall_vs_clean_wall']:.2f} x the clean runs' mean; {faulty['scored']} of "
+         f"{faulty['listed']} listed images scored, {faulty['errors']} errors"),
+        ("  retries", f"{reads['requests_retried'] + listing['requests_retried']}",
+         f"requests sent again ({reads['requests_retried']} GETs for {reads['images_retried']} images, "
+         f"{listing['requests_retried']} listing pages), {reads['throttling_responses'] + listing['throttling_responses']}"
+         f" SlowDown; {reads['images_given_up']} images given up; the proxy failed {sum(proxy['faults'].values())} "
+         f"of {proxy['requests']} requests"),
+    ]
 
 
 def table_lines(header: str, rows: list[tuple[str, str, str]], value_width: int) -> str:

@@ -13,8 +13,10 @@ endpoint, except that a set fraction of requests meet a fault instead:
 Whether a request meets a fault is drawn with a seeded generator; faults take their kinds in
 turn, so every kind occurs once a few requests have failed. One request (method + path) never
 meets more than `max_consecutive` faults in a row, so a client with more attempts than that
-always gets through and a run's outcome does not depend on luck. Keys in `deny_keys` are always answered 403
-AccessDenied, as S3 answers a caller without permission.
+always gets through and a run's outcome does not depend on luck (`INDEPENDENT` lifts that bound:
+every request is drawn on its own). Keys in `deny_keys` are always answered 403 AccessDenied, as
+S3 answers a caller without permission. `requests_to` and `faults_on` count per request line
+(method and path, query included).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from typing import Optional
 from urllib.parse import unquote, urlsplit
 
 FAULTS = ("internal_error", "slow_down", "reset", "cut_body", "slow", "stall")
+FAILURES = ("internal_error", "slow_down", "reset", "cut_body")  # faults that fail a request at once
+INDEPENDENT = 10**9  # max_consecutive for faults drawn independently per request
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te", "upgrade"}
 
 
@@ -58,6 +62,8 @@ class FaultProxy:
         self.upstream = urlsplit(upstream)
         self.plan = plan
         self.faults: Counter[str] = Counter()
+        self.requests_to: Counter[str] = Counter()  # "GET /bucket/key" -> requests
+        self.faults_on: Counter[str] = Counter()  # "GET /bucket/key" -> faults injected
         self.requests = 0
         self.denied = 0
         self._lock = threading.Lock()
@@ -96,6 +102,8 @@ class FaultProxy:
             self._turn = 0
             self._cuts_owed = 0
             self.faults.clear()
+            self.requests_to.clear()
+            self.faults_on.clear()
             self.requests = 0
             self.denied = 0
 
@@ -110,6 +118,7 @@ class FaultProxy:
         object_get = method == "GET" and "?" not in path and path.count("/") >= 2
         with self._lock:
             self.requests += 1
+            self.requests_to[request] += 1
             if self._random.random() >= self.plan.rate or self._streaks[request] >= self.plan.max_consecutive:
                 self._streaks[request] = 0
                 return None
@@ -124,6 +133,7 @@ class FaultProxy:
                 return None
             self._streaks[request] += 1
             self.faults[kind] += 1
+            self.faults_on[request] += 1
             return kind
 
     def _next_kind(self) -> str:
@@ -136,6 +146,8 @@ class FaultProxy:
         if method in ("GET", "HEAD") and key in self.plan.deny_keys:
             with self._lock:
                 self.denied += 1
+                self.requests += 1
+                self.requests_to[f"{method} {path}"] += 1
             return True
         return False
 

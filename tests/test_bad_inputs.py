@@ -161,7 +161,7 @@ def sorted_per_class(out) -> pd.DataFrame:
 
 def job_argv(uri: str, output, weights, endpoint: str) -> list[str]:
     return ["--input", uri, "--output", str(output), "--model", MODEL, "--weights", str(weights),
-            "--s3-endpoint-url", endpoint, "--s3-retry-mode", "standard", "--s3-max-attempts", "6",
+            "--s3-endpoint-url", endpoint, "--s3-max-attempts", "6",
             "--s3-read-timeout", "1", "--max-image-bytes", str(MAX_IMAGE_BYTES), "--batch-size", "4",
             "--arrow-batch-size", "4", "--no-report"]
 

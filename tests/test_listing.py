@@ -156,27 +156,24 @@ def test_names_that_are_not_utf8_are_left_out_and_counted(tmp_path):
 
 
 class StubS3:
-    """A bucket of `folders` x `per_folder` keys below `prefix`, listed as boto3's paginators list
-    it; `fail_in` names a folder whose listing is refused."""
+    """A bucket of `folders` x `per_folder` keys below `prefix`, listed page by page as S3's
+    ListObjectsV2 lists it; `fail_in` names a folder whose listing is refused."""
 
     def __init__(self, prefix: str, folders: int, per_folder: int, fail_in: str = ""):
         self.prefix, self.folders, self.per_folder, self.fail_in = prefix, folders, per_folder, fail_in
 
-    def get_paginator(self, name):
-        assert name == "list_objects_v2"
-        return self
-
-    def paginate(self, Bucket, Prefix, Delimiter=None):
+    def list_objects_v2(self, Bucket, Prefix, MaxKeys, Delimiter=None, ContinuationToken=None):
         from botocore.exceptions import ClientError
 
         if Delimiter:
-            yield {"CommonPrefixes": [{"Prefix": f"{Prefix}n{i:08d}-Breed_{i}/"} for i in range(self.folders)]}
-            return
+            return {"CommonPrefixes": [{"Prefix": f"{Prefix}n{i:08d}-Breed_{i}/"} for i in range(self.folders)]}
         if self.fail_in and self.fail_in in Prefix:
             raise ClientError({"Error": {"Code": "AccessDenied", "Message": "denied"}}, "ListObjectsV2")
-        for start in range(0, self.per_folder, 1000):
-            yield {"Contents": [{"Key": f"{Prefix}img_{j:06d}.jpg", "Size": 1000 + j}
-                                for j in range(start, min(self.per_folder, start + 1000))]}
+        start = int(ContinuationToken or 0)
+        end = min(self.per_folder, start + MaxKeys)
+        page = {"Contents": [{"Key": f"{Prefix}img_{j:06d}.jpg", "Size": 1000 + j} for j in range(start, end)],
+                "IsTruncated": end < self.per_folder}
+        return {**page, "NextContinuationToken": str(end)} if end < self.per_folder else page
 
 
 def test_a_large_s3_listing_holds_one_copy_of_the_keys(monkeypatch):

@@ -12,9 +12,9 @@ import re
 
 from botocore.exceptions import BotoCoreError, ClientError
 from PIL import Image, UnidentifiedImageError
-from s3transfer.exceptions import RetriesExceededError
 
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+_BOTOCORE_RETRIES = re.compile(r" \(reached max retries: \d+\)")
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
 _DENIED_CODES = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled", "InvalidObjectState"}
 MAX_MESSAGE_CHARS = 500
@@ -32,6 +32,15 @@ class ClassListError(ValueError):
     """A `--classes` file that cannot be read or says no clear class list (a user error: exit code 2)."""
 
 
+class S3RetriesExhausted(Exception):
+    """An S3 request still failing transiently when its attempts or its time budget ran out."""
+
+    def __init__(self, last: BaseException, attempts: int, limit: str):
+        super().__init__(f"{error_message(last)} (still failing after {attempts} attempt"
+                         f"{'s' if attempts != 1 else ''}: {limit} reached)")
+        self.last, self.attempts = last, attempts
+
+
 class ImageTooLarge(Exception):
     """The object is bigger than `--max-image-bytes`; it is not read."""
 
@@ -45,8 +54,8 @@ def error_kind(exc: BaseException) -> str:
         if code in _DENIED_CODES:
             return "access_denied"
         return "read_error"
-    if isinstance(exc, (BotoCoreError, RetriesExceededError, ConnectionError, TimeoutError)):
-        return "read_error"  # still failing after boto3's / s3transfer's retries
+    if isinstance(exc, (S3RetriesExhausted, BotoCoreError, ConnectionError, TimeoutError)):
+        return "read_error"  # still failing after udfs.s3_retry's retries
     if isinstance(exc, FileNotFoundError):
         return "not_found"
     if isinstance(exc, PermissionError):
@@ -60,9 +69,8 @@ def error_kind(exc: BaseException) -> str:
 
 def error_message(exc: BaseException) -> str:
     """A short, stable message: type and text, without object reprs that differ per run."""
-    text = _OBJECT_REPR.sub("<object>", str(exc)).strip()
-    if isinstance(exc, RetriesExceededError) and exc.last_exception is not None:
-        text += f" (last: {error_message(exc.last_exception)})"
+    text = _OBJECT_REPR.sub("<object>", str(exc))
+    text = _BOTOCORE_RETRIES.sub("", text).strip()  # botocore's own count: always 0, retries are udfs.s3_retry's
     message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return message[:MAX_MESSAGE_CHARS]
 

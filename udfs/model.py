@@ -106,13 +106,12 @@ def resolve_weights(
 
 
 def _fetch_weights_file(uri: str, workdir: Path, s3: S3Options) -> Path:
-    from udfs.storage import is_s3_uri, local_path, s3_client, split_s3_uri
+    from udfs.storage import download_to_file, is_s3_uri, local_path, split_s3_uri
 
     if is_s3_uri(uri):
-        bucket, key = split_s3_uri(uri)
-        target = workdir / f"incoming-{Path(key).name}"
+        target = workdir / f"incoming-{Path(split_s3_uri(uri)[1]).name}"
         try:
-            s3_client(s3).download_file(bucket, key, str(target))
+            download_to_file(uri, s3, target)
         except Exception as exc:  # botocore ClientError / connection errors
             raise WeightsError(f"cannot download weights {uri}: {exc}") from exc
         return target

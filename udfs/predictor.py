@@ -33,6 +33,7 @@ from udfs.errors import describe_failure
 from udfs.gpu_decode import EncodedJpeg, decode_batch, probe_jpeg, tensor_transforms
 from udfs.model import (autocast_to, exact_fp32_on_cuda, load_model, optimize_graph, resolve_batch_size,
                         resolve_precision)
+from udfs.s3_retry import RetryCounts
 from udfs.settings import Settings
 from udfs.schema import SCORED_SCHEMA
 from udfs.storage import read_bytes
@@ -56,6 +57,7 @@ class TaskStats:
     model_seconds: float = 0.0
     wait_seconds: float = 0.0
     errors_by_kind: dict[str, int] = field(default_factory=dict)
+    s3_retries: RetryCounts = field(default_factory=RetryCounts)  # this task's image reads
 
 
 class Prefetcher:
@@ -126,11 +128,11 @@ class Predictor:
         except Exception as exc:  # any failure on one image becomes one error row
             return Failure(*describe_failure(exc))
 
-    def load(self, path: str, size_bytes: Optional[int]) -> torch.Tensor | EncodedJpeg | Failure:
-        return self.guarded(self._read_and_decode, path, size_bytes)
+    def load(self, path: str, size_bytes: Optional[int], retries: RetryCounts) -> torch.Tensor | EncodedJpeg | Failure:
+        return self.guarded(self._read_and_decode, path, size_bytes, retries)
 
-    def _read_and_decode(self, path: str, size_bytes: Optional[int]) -> torch.Tensor | EncodedJpeg:
-        data = read_bytes(path, self.settings.s3, self.settings.max_image_bytes, size_bytes)
+    def _read_and_decode(self, path: str, size_bytes: Optional[int], retries: RetryCounts) -> torch.Tensor | EncodedJpeg:
+        data = read_bytes(path, self.settings.s3, self.settings.max_image_bytes, size_bytes, retries)
         if self.settings.gpu_decode:
             encoded = probe_jpeg(data)
             if encoded is not None:
@@ -150,7 +152,7 @@ class Predictor:
         return out
 
     def submit(self, path: str, size_bytes: Optional[int]) -> Future:
-        return self.pool.submit(self.load, path, size_bytes)
+        return self.pool.submit(self.load, path, size_bytes, self.stats.s3_retries)  # counted for the submitting task
 
     @property
     def window(self) -> int:

@@ -78,6 +78,7 @@ def make_score_fn(settings: Settings, task_log: Optional[Accumulator] = None) ->
                 "model_build_seconds": round(build_seconds, 3) if built else 0.0,
                 "images": stats.images,
                 "errors": stats.errors,
+                "s3_retries": stats.s3_retries.as_dict(),
                 "model_seconds": round(stats.model_seconds, 4),
                 "wait_seconds": round(stats.wait_seconds, 4),
                 "torch_threads": torch.get_num_threads(),

@@ -22,13 +22,15 @@ PROGRESS_MODES = ("auto", "bar", "log", "off")
 
 @dataclass(frozen=True)
 class S3Options:
-    """How executors and the driver talk to S3 (boto3 client settings)."""
+    """How executors and the driver talk to S3 (boto3 client settings, udfs.s3_retry's limits)."""
 
     endpoint_url: Optional[str] = None
     anonymous: bool = False
     region: Optional[str] = None
-    retry_mode: str = "adaptive"
-    max_attempts: int = 10
+    max_attempts: int = 20  # per request, the first included
+    retry_budget_s: float = 120.0  # per request: no retry starts later than this after the first attempt
+    backoff_base_s: float = 0.2  # the first retry waits up to this long, each later one up to twice as long ...
+    backoff_cap_s: float = 20.0  # ... but never longer than this
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
     max_pool_connections: int = 32

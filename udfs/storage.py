@@ -1,10 +1,10 @@
 """Reading image bytes where they live: S3 (boto3) or a local / shared filesystem.
 
-Executors call `read_bytes`; the driver only uses `s3_client` and `split_s3_uri` to list.
-One boto3 client per Python worker and S3 settings (clients are thread-safe and are shared by
-the worker's fetch threads). Retries are boto3's own (`retry_mode`, `max_attempts`); object
-bodies are fetched with s3transfer's `download_fileobj`, which also retries a body that breaks
-off mid-stream (as many times as `max_attempts`).
+Executors call `read_bytes`; the driver lists with `s3_client` and `split_s3_uri` and fetches
+weights with `download_to_file`. One boto3 client per Python worker and S3 settings (clients are
+thread-safe and are shared by the worker's fetch threads), built with a single attempt: every
+request, the reading of its body included, is retried by `udfs.s3_retry.with_retries`. An image
+is one GET: its size comes from the listing or the answer's headers, not from a HEAD first.
 """
 
 from __future__ import annotations
@@ -14,14 +14,15 @@ import re
 import threading
 from functools import lru_cache
 from pathlib import Path
+from typing import Optional
 from urllib.parse import unquote, urlparse
 
 import boto3
-from boto3.s3.transfer import TransferConfig
 from botocore import UNSIGNED
 from botocore.config import Config
 
 from udfs.errors import ImageTooLarge
+from udfs.s3_retry import RetryCounts, with_retries
 from udfs.settings import S3Options
 
 S3_SCHEMES = ("s3", "s3a", "s3n")
@@ -63,8 +64,8 @@ def local_path(uri: str) -> Path:
 @lru_cache(maxsize=8)
 def _cached_client(options: S3Options):
     config = Config(
-        # total_max_attempts counts the first try; botocore's "max_attempts" key would count retries only
-        retries={"mode": options.retry_mode, "total_max_attempts": options.max_attempts},
+        # one attempt: udfs.s3_retry retries (boto3's retry quota would starve a worker's threads)
+        retries={"mode": "standard", "total_max_attempts": 1},
         connect_timeout=options.connect_timeout_s,
         read_timeout=options.read_timeout_s,
         max_pool_connections=options.max_pool_connections,
@@ -76,29 +77,33 @@ def _cached_client(options: S3Options):
     )
 
 
-@lru_cache(maxsize=8)
-def _transfer_config(max_attempts: int) -> TransferConfig:
-    """Images are small: one GET each, no multipart, no extra threads inside a fetch thread.
-    A body that breaks off mid-stream is fetched again up to `--s3-max-attempts` times."""
-    return TransferConfig(multipart_threshold=256 * 1024 * 1024, use_threads=False,
-                          num_download_attempts=max_attempts)
-
-
 def s3_client(options: S3Options):
     """The worker's S3 client for these options (created once, then shared by threads)."""
     with _client_lock:
         return _cached_client(options)
 
 
-def read_bytes(uri: str, options: S3Options, max_bytes: int, size_hint: int | None = None) -> bytes:
-    """The whole object at `uri`; raises `ImageTooLarge` past `max_bytes`."""
+def _get_object(options: S3Options, bucket: str, key: str, max_bytes: int) -> bytes:
+    """One GET, body included (a body cut short raises here, inside the retried request)."""
+    response = s3_client(options).get_object(Bucket=bucket, Key=key)
+    body = response["Body"]
+    try:
+        if response.get("ContentLength", 0) > max_bytes:
+            raise ImageTooLarge(f"{response['ContentLength']} bytes > limit of {max_bytes}")
+        return body.read()
+    finally:
+        body.close()
+
+
+def read_bytes(uri: str, options: S3Options, max_bytes: int, size_hint: int | None = None,
+               counts: Optional[RetryCounts] = None) -> bytes:
+    """The whole object at `uri`; raises `ImageTooLarge` past `max_bytes`. S3 reads are retried
+    and counted in `counts`."""
     if size_hint is not None and size_hint > max_bytes:
         raise ImageTooLarge(f"{size_hint} bytes > limit of {max_bytes}")
     if is_s3_uri(uri):
         bucket, key = split_s3_uri(uri)
-        buffer = io.BytesIO()
-        s3_client(options).download_fileobj(bucket, key, buffer, Config=_transfer_config(options.max_attempts))
-        data = buffer.getvalue()
+        data = with_retries(lambda: _get_object(options, bucket, key, max_bytes), options, counts, f"GET {uri}")
     else:
         path = local_path(uri)
         size = path.stat().st_size
@@ -108,3 +113,20 @@ def read_bytes(uri: str, options: S3Options, max_bytes: int, size_hint: int | No
     if len(data) > max_bytes:
         raise ImageTooLarge(f"{len(data)} bytes > limit of {max_bytes}")
     return data
+
+
+def download_to_file(uri: str, options: S3Options, target: Path) -> None:
+    """The S3 object at `uri` streamed into `target` (a weights file: one GET, sent again whole
+    when it fails transiently)."""
+    bucket, key = split_s3_uri(uri)
+
+    def download() -> None:
+        body = s3_client(options).get_object(Bucket=bucket, Key=key)["Body"]
+        try:
+            with open(target, "wb") as handle:
+                for chunk in body.iter_chunks(chunk_size=1 << 20):
+                    handle.write(chunk)
+        finally:
+            body.close()
+
+    with_retries(download, options, what=f"GET {uri}")
