@@ -106,6 +106,10 @@ def format_plan(settings: Settings, listing: Listing, master: str, slots: Slots)
         + (f", --limit {settings.limit}" if settings.limit else "")
         + f"; {left_out_text(listing.skipped_non_image, listing.skipped_in_output, listing.skipped_bad_name)})",
     ]
+    retries = listing.s3_retries
+    if retries and retries["requests_retried"]:  # udfs.s3_retry's counts for the listing's pages
+        lines.append(f"S3 listing: {retries['requests_retried']:,} requests retried for {retries['retried']:,} pages "
+                     f"({retries['throttled']:,} throttling answers)")
     if settings.model_source is not None:  # the model's classes, by wnid else by exact name (--classes too)
         unknown_truths = truth_unknown_to_model(settings.model_source.classes, images)
         unknown = int(images["wnid"].fillna(images["label"]).isin(unknown_truths).sum())

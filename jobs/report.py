@@ -41,7 +41,7 @@ from jobs.report_data import (
 )
 from jobs.summary import summary_rows
 from udfs.decode import open_rgb
-from udfs.errors import ImageTooLarge
+from udfs.errors import ImageTooLarge, S3RetriesExhausted
 from udfs.settings import S3Options
 from udfs.storage import is_local_uri, local_path, read_bytes
 
@@ -60,7 +60,7 @@ CHART_FILES = {
     "mistakes": "misclassified.png",
 }
 _THUMBNAIL_FAILURES = (OSError, ValueError, SyntaxError, BotoCoreError, ClientError, ImageTooLarge,
-                       Image.DecompressionBombError)
+                       S3RetriesExhausted, Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)

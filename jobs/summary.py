@@ -69,7 +69,8 @@ def s3_retry_report(listing_retries: Optional[dict[str, int]],
 
 
 def s3_retry_text(report: dict[str, dict[str, int]]) -> str:
-    """`images: 37 requests retried for 30 images (12 throttling answers), 0 given up; listing: none`."""
+    """`images: 37 requests retried for 30 images (12 throttling answers), 0 still failing after
+    retries; listing: none`."""
     reads, listing = report["reads"], report["listing"]
     text = (f"images: {reads['requests_retried']:,} requests retried for {reads['images_retried']:,} images "
             f"({reads['throttling_responses']:,} throttling answers), {reads['images_given_up']:,} still failing "

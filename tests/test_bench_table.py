@@ -99,3 +99,25 @@ def test_the_job_runs_with_its_own_batch_unless_told_and_the_table_says_which():
                           ratios={"job_local_inference_vs_combined_ceiling": 0.9})
     header = format_table(result).splitlines()[0]
     assert header == "infer-dogs bench: mobilenet_v3_small, 2040 images, 2 cores, cpu; the job's batch 8 (its default on cpu)"
+
+
+def test_table_shows_the_faulty_s3_run_against_the_clean_runs_through_the_same_proxy():
+    job = job_figures(180.0, 190.0, 0.9, 30.0, 480)
+    retries = {"reads": {"requests_retried": 256, "throttling_responses": 64, "images_retried": 180,
+                         "images_given_up": 0},
+               "listing": {"requests_retried": 3, "throttling_responses": 1, "pages_retried": 3}}
+    faulty = {**job, "wall_s": 40.0, "listed": 480, "scored": 480, "errors": 0, "s3_retries": retries,
+              "proxy": {"requests": 750, "faults": {"internal_error": 65, "slow_down": 65, "reset": 65, "cut_body": 64}}}
+    result = bench_result(
+        "mobilenet_v3_small", 480, "fp32", 600.0, 8, 300.0, 200.0, job, s3_fault_rate=0.35,
+        job_s3_proxy={**job, "wall_s": 34.0}, job_s3_faults=faulty, job_s3_proxy_again={**job, "wall_s": 36.0},
+        ratios={"job_local_inference_vs_combined_ceiling": 0.9, "job_s3_faults_wall_vs_clean_wall": 40 / 35})
+    lines = format_table(result).splitlines()
+    clean = next(line for line in lines if "job (s3 via proxy) clean" in line)
+    assert "34.0 s" in clean and clean.endswith("again after: 36.0 s")
+    line = next(line for line in lines if "job (s3, 35 % faults)" in line)
+    assert "40.0 s" in line and line.endswith("1.14 x the clean runs' mean; 480 of 480 listed images scored, 0 errors")
+    retried = next(line for line in lines if line.strip().startswith("retries"))
+    assert retried.split()[1] == "259"
+    assert retried.endswith("requests sent again (256 GETs for 180 images, 3 listing requests), 65 SlowDown; "
+                            "0 images given up; the proxy failed 259 of 750 requests")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pytest
 
@@ -51,8 +52,12 @@ def test_plan_lists_classes_and_tasks_and_unknown_slots():
     assert "without a known truth" in text and ": 1 images" in text
     table = text.split("\n\n", 1)[1].splitlines()
     assert [line.split()[-2] for line in table[1:]] == ["1", "1", "2"]  # beagle, cats, Chihuahua: by label
+    assert "S3 listing" not in text
     unknown = format_plan(settings, listing, "yarn", slots_for("yarn", conf()))
     assert "scoring tasks: min(4 images, slots x 3 per slot); master yarn: slots depend" in unknown
+    retried = replace(listing, s3_retries={"requests_retried": 5, "throttled": 2, "retried": 4, "gave_up": 0})
+    assert "S3 listing: 5 requests retried for 4 pages (2 throttling answers)" in format_plan(
+        settings, retried, "local[2]", Slots(2, "local"))
 
 
 def test_plan_counts_the_truths_that_are_none_of_the_model_classes():

@@ -336,3 +336,13 @@ def test_remote_run_dirs_are_never_taken_for_local_folders(report_run, root, tmp
     assert f"report: {root}/report.html" in capsys.readouterr().out
     assert set(_StubHadoopFiles.uploaded) == expected
     assert list(cwd.iterdir()) == []  # nothing built in a relative folder named `dbfs:` or the like
+
+
+def test_a_thumbnail_s3_cannot_serve_is_left_out_not_a_failed_report():
+    """Still failing after udfs.s3_retry's attempts: no thumbnail, a warning, the report goes on."""
+    from jobs.report import load_thumbnail
+    from tests.conftest import free_port
+    from udfs.settings import S3Options
+
+    nothing_there = S3Options(endpoint_url=f"http://127.0.0.1:{free_port()}", max_attempts=2)
+    assert load_thumbnail("s3://dogs-test/dogs/Images/a.jpg", nothing_there) is None

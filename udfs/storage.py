@@ -9,7 +9,6 @@ is one GET: its size comes from the listing or the answer's headers, not from a 
 
 from __future__ import annotations
 
-import io
 import re
 import threading
 from functools import lru_cache
