@@ -50,6 +50,9 @@ def test_config_file_with_cli_winning(tmp_path, suffix):
     (["--input", ".", "--output", "s3a:///runs/1"], "--output: S3 URI without a bucket"),
     (["--input", ".", "--output", "o", "--weights", "s3://"], "--weights: S3 URI without a bucket"),
     (["--input", ".", "--output", "o", "--weights", "/no/such/weights.pt"], "weights file not found: /no/such/"),
+    (["--input", ".", "--output", "o", "--s3-max-attempts", "0"], "--s3-max-attempts must be at least 1"),
+    (["--input", ".", "--output", "o", "--s3-retry-budget", "-1"], "--s3-retry-budget must be at least 0 seconds"),
+    (["--input", ".", "--output", "o", "--s3-retry-mode", "standard"], "unrecognized arguments: --s3-retry-mode"),
 ])
 def test_bad_arguments_raise_usage_error(argv, message):
     with pytest.raises(UsageError, match=message):

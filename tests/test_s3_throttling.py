@@ -20,7 +20,7 @@ from tests.helpers import read_predictions
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
-LIMIT = 36  # images scored; the listing is the whole bucket
+LIMIT = 36  # images scored (of 120 photos, or 24 generated ones); the listing is the whole bucket
 RATE = 0.35
 
 
@@ -58,7 +58,8 @@ def test_every_image_is_scored_as_in_a_clean_run_and_the_retries_are_counted(spa
 
     # the full listing, every image scored, every row as in the clean run
     pd.testing.assert_frame_equal(listing.images, clean_listing.images)
-    assert faulty["counts"]["images"] == faulty["counts"]["scored"] == LIMIT
+    assert len(listing.images) == min(LIMIT, listing.total_images)  # 24 generated images without ../shared
+    assert faulty["counts"]["images"] == faulty["counts"]["scored"] == len(listing.images)
     assert faulty["errors_by_kind"] == {}
     before, after = read_predictions(tmp_path / "clean"), read_predictions(tmp_path / "faulty")
     pd.testing.assert_frame_equal(before.drop(columns="run_id"), after.drop(columns="run_id"))
