@@ -1,7 +1,8 @@
 """Listing the input on the driver: S3 prefix or local folder -> one row per image.
 
 Only keys and sizes are listed here (boto3 list_objects_v2, page by page under the job's retry
-policy, top-level prefixes listed in parallel; `os.scandir` recursion locally); image bytes are read later on the executors.
+policy, top-level prefixes listed in parallel; `os.scandir` recursion locally); image bytes are
+read later on the executors.
 Truth comes from the parent folder name (`<wnid>-<Breed>`, or any other name, given a wnid by
 `--label-map`); which of the model's classes it is, by wnid else by exact name, is
 `udfs.labels.ClassNames.truth_index`'s to say. Objects whose extension is not an image
@@ -277,7 +278,8 @@ def _list_level(options: S3Options, counts: Optional[RetryCounts], bucket: str,
     return objects, prefixes
 
 
-def _list_all(options: S3Options, counts: Optional[RetryCounts], bucket: str, prefix: str) -> Iterator[tuple[str, int]]:
+def _list_all(options: S3Options, counts: Optional[RetryCounts], bucket: str,
+              prefix: str) -> Iterator[tuple[str, int]]:
     for page in _pages(options, counts, Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
             if not item["Key"].endswith("/"):

@@ -385,7 +385,8 @@ def s3_fault_runs(args, uri: str, endpoint: str, weights: Path, env: dict[str, s
     proxy = FaultProxy(endpoint).start()
     runs: dict[str, Any] = {}
     try:
-        for key, plan in (("job_s3_proxy", FaultPlan()), ("job_s3_faults", faulty), ("job_s3_proxy_again", FaultPlan())):
+        for key, plan in (("job_s3_proxy", FaultPlan()), ("job_s3_faults", faulty),
+                          ("job_s3_proxy_again", FaultPlan())):
             proxy.set_plan(plan)
             log(f"job, loopback S3 through the fault proxy, {100 * plan.rate:.0f} % faults ...")
             runs[key] = run_job(uri, work / key.replace("_", "-"), args, weights, env,
@@ -698,14 +699,16 @@ def s3_fault_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
     reads, listing = faulty["s3_retries"]["reads"], faulty["s3_retries"]["listing"]
     proxy = faulty["proxy"]
     return [
-        ("job (s3 via proxy) clean", f"{before['wall_s']:.1f} s", f"whole process; again after: {after['wall_s']:.1f} s"),
+        ("job (s3 via proxy) clean", f"{before['wall_s']:.1f} s",
+         f"whole process; again after: {after['wall_s']:.1f} s"),
         (f"job (s3, {100 * result['s3_fault_rate']:.0f} % faults)", f"{faulty['wall_s']:.1f} s",
          f"{result['ratios']['job_s3_faults_wall_vs_clean_wall']:.2f} x the clean runs' mean; {faulty['scored']} of "
          f"{faulty['listed']} listed images scored, {faulty['errors']} errors"),
         ("  retries", f"{reads['requests_retried'] + listing['requests_retried']}",
          f"requests sent again ({reads['requests_retried']} GETs for {reads['images_retried']} images, "
-         f"{listing['requests_retried']} listing requests), {reads['throttling_responses'] + listing['throttling_responses']}"
-         f" SlowDown; {reads['images_given_up']} images given up; the proxy failed {sum(proxy['faults'].values())} "
+         f"{listing['requests_retried']} listing requests), "
+         f"{reads['throttling_responses'] + listing['throttling_responses']} SlowDown; "
+         f"{reads['images_given_up']} images given up; the proxy failed {sum(proxy['faults'].values())} "
          f"of {proxy['requests']} requests"),
     ]
 

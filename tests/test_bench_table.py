@@ -107,7 +107,8 @@ def test_table_shows_the_faulty_s3_run_against_the_clean_runs_through_the_same_p
                          "images_given_up": 0},
                "listing": {"requests_retried": 3, "throttling_responses": 1, "pages_retried": 3}}
     faulty = {**job, "wall_s": 40.0, "listed": 480, "scored": 480, "errors": 0, "s3_retries": retries,
-              "proxy": {"requests": 750, "faults": {"internal_error": 65, "slow_down": 65, "reset": 65, "cut_body": 64}}}
+              "proxy": {"requests": 750,
+                        "faults": {"internal_error": 65, "slow_down": 65, "reset": 65, "cut_body": 64}}}
     result = bench_result(
         "mobilenet_v3_small", 480, "fp32", 600.0, 8, 300.0, 200.0, job, s3_fault_rate=0.35,
         job_s3_proxy={**job, "wall_s": 34.0}, job_s3_faults=faulty, job_s3_proxy_again={**job, "wall_s": 36.0},

@@ -14,7 +14,8 @@ import random
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError, ResponseStreamingError
+from botocore.exceptions import (ClientError, ConnectionClosedError, FlexibleChecksumError, ReadTimeoutError,
+                                 ResponseStreamingError)
 
 import udfs.s3_retry
 from jobs.cli import parse_settings
@@ -84,6 +85,7 @@ def client_error(code: str, status: int) -> ClientError:
     (ReadTimeoutError(endpoint_url="http://x"), "transient"),
     (ResponseStreamingError(error="IncompleteRead"), "transient"),
     (ConnectionResetError(), "transient"),
+    (FlexibleChecksumError(error_msg="CRC32 mismatch"), "transient"),
     (client_error("NoSuchKey", 404), None),
     (client_error("AccessDenied", 403), None),
     (client_error("InvalidArgument", 400), None),
@@ -121,6 +123,7 @@ def test_waits_are_full_jitter_exponential_and_capped():
         waits = [backoff_s(retry, 0.2, 20.0, rng) for _ in range(200)]
         assert 0 <= min(waits) and max(waits) <= bound
         assert max(waits) > 0.8 * bound and min(waits) < 0.2 * bound  # the whole range, not a fixed step
+    assert backoff_s(5000, 0.2, 20.0, rng) <= 20.0  # a huge --s3-max-attempts: still a number, still capped
 
 
 def test_a_transient_failure_is_sent_again_until_it_succeeds():

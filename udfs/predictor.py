@@ -131,7 +131,8 @@ class Predictor:
     def load(self, path: str, size_bytes: Optional[int], retries: RetryCounts) -> torch.Tensor | EncodedJpeg | Failure:
         return self.guarded(self._read_and_decode, path, size_bytes, retries)
 
-    def _read_and_decode(self, path: str, size_bytes: Optional[int], retries: RetryCounts) -> torch.Tensor | EncodedJpeg:
+    def _read_and_decode(self, path: str, size_bytes: Optional[int],
+                         retries: RetryCounts) -> torch.Tensor | EncodedJpeg:
         data = read_bytes(path, self.settings.s3, self.settings.max_image_bytes, size_bytes, retries)
         if self.settings.gpu_decode:
             encoded = probe_jpeg(data)

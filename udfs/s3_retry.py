@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, TypeVar
 
-from botocore.exceptions import (ClientError, ConnectionError as BotoConnectionError, HTTPClientError,
-                                 IncompleteReadError)
+from botocore.exceptions import (ClientError, ConnectionError as BotoConnectionError, FlexibleChecksumError,
+                                 HTTPClientError, IncompleteReadError)
 
 from udfs.errors import S3RetriesExhausted
 from udfs.settings import S3Options
@@ -44,7 +44,7 @@ TRANSIENT_STATUS = frozenset({500, 502, 504})
 
 
 def retry_reason(exc: BaseException) -> Optional[str]:
-    """"throttled" or "transient" for a failure worth sending again, None for one that is final."""
+    """Why a failure is worth sending again ("throttled" or "transient"), or None when it is final."""
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -53,15 +53,16 @@ def retry_reason(exc: BaseException) -> Optional[str]:
         if code in TRANSIENT_CODES or status in TRANSIENT_STATUS:
             return "transient"
         return None
-    # connections refused, reset or closed early, timeouts, bodies cut short (botocore wraps urllib3's)
-    if isinstance(exc, (BotoConnectionError, HTTPClientError, IncompleteReadError, ConnectionError, TimeoutError)):
+    # connections refused, reset or closed early, timeouts, bodies cut short or garbled (botocore wraps urllib3's)
+    if isinstance(exc, (BotoConnectionError, HTTPClientError, IncompleteReadError, FlexibleChecksumError,
+                        ConnectionError, TimeoutError)):
         return "transient"
     return None
 
 
 def backoff_s(retry: int, base_s: float, cap_s: float, rng: random.Random) -> float:
     """The wait before retry number `retry` (1, 2, ...): full jitter, capped."""
-    return rng.uniform(0.0, min(cap_s, base_s * 2 ** (retry - 1)))
+    return rng.uniform(0.0, min(cap_s, base_s * 2.0 ** min(retry - 1, 64)))  # 2**64: far past any cap
 
 
 @dataclass
