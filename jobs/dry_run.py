@@ -21,7 +21,7 @@ from typing import Callable, Optional
 
 import pandas as pd
 
-from jobs.listing import Listing, left_out_text, truth_unknown_to_model
+from jobs.listing import Listing, left_out_text, retried_text, truth_unknown_to_model
 from udfs.settings import Settings
 
 LOCAL_MASTER = re.compile(r"^local(?:\[(\*|\d+)(?:\s*,\s*\d+)?\])?$")
@@ -108,8 +108,8 @@ def format_plan(settings: Settings, listing: Listing, master: str, slots: Slots)
     ]
     retries = listing.s3_retries
     if retries and retries["requests_retried"]:  # udfs.s3_retry's counts for the listing's pages
-        lines.append(f"S3 listing: {retries['requests_retried']:,} requests retried for {retries['retried']:,} pages "
-                     f"({retries['throttled']:,} throttling answers)")
+        lines.append("S3 listing: " + retried_text(retries["requests_retried"], retries["retried"], "pages",
+                                                   retries["throttled"]))
     if settings.model_source is not None:  # the model's classes, by wnid else by exact name (--classes too)
         unknown_truths = truth_unknown_to_model(settings.model_source.classes, images)
         unknown = int(images["wnid"].fillna(images["label"]).isin(unknown_truths).sum())

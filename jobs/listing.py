@@ -90,6 +90,12 @@ def left_out_text(non_image: int, in_output: int = 0, bad_name: int = 0) -> str:
             + (f", {bad_name:,} images with names that are not UTF-8 left out" if bad_name else ""))
 
 
+def retried_text(requests: int, objects: int, noun: str, throttled: int) -> str:
+    """`37 requests retried for 30 images (12 throttling answers)`: udfs.s3_retry's counts, as the
+    summary and the dry run print them."""
+    return f"{requests:,} requests retried for {objects:,} {noun} ({throttled:,} throttling answers)"
+
+
 def location(uri: str, resolve: bool = True) -> str:
     """What a path or URI points at, scheme aside: `bucket/key` for S3 (s3, s3a, s3n name the
     same object), the absolute path for a local one (resolved, unless it comes from `list_local`,

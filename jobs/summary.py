@@ -6,8 +6,9 @@ from typing import Any, Iterable, Optional
 
 import pandas as pd
 
-from jobs.listing import left_out_text
+from jobs.listing import left_out_text, retried_text
 from udfs.labels import IMAGENET
+from udfs.s3_retry import RetryCounts
 from udfs.settings import Settings
 
 RANDOM_WEIGHTS_WARNING = (
@@ -53,13 +54,13 @@ def s3_retry_report(listing_retries: Optional[dict[str, int]],
                     task_records: Iterable[dict[str, Any]]) -> Optional[dict[str, dict[str, int]]]:
     """What udfs.s3_retry did: image reads (summed over the scoring tasks that counted) and listing
     pages; None for a run that read nothing from S3."""
-    reads = {"requests_retried": 0, "throttled": 0, "retried": 0, "gave_up": 0}
+    reads = RetryCounts().as_dict()
     for record in task_records:
         for key, value in record.get("s3_retries", {}).items():
             reads[key] += value
     if listing_retries is None and not any(reads.values()):
         return None
-    listing = listing_retries or dict.fromkeys(reads, 0)
+    listing = listing_retries or RetryCounts().as_dict()
     return {
         "reads": {"requests_retried": reads["requests_retried"], "throttling_responses": reads["throttled"],
                   "images_retried": reads["retried"], "images_given_up": reads["gave_up"]},
@@ -72,15 +73,12 @@ def s3_retry_text(report: dict[str, dict[str, int]]) -> str:
     """`images: 37 requests retried for 30 images (12 throttling answers), 0 still failing after
     retries; listing: none`."""
     reads, listing = report["reads"], report["listing"]
-    text = (f"images: {reads['requests_retried']:,} requests retried for {reads['images_retried']:,} images "
-            f"({reads['throttling_responses']:,} throttling answers), {reads['images_given_up']:,} still failing "
-            "after retries" if reads["requests_retried"] or reads["images_given_up"] else "images: none")
-    if listing["requests_retried"]:
-        text += (f"; listing: {listing['requests_retried']:,} requests retried for {listing['pages_retried']:,} "
-                 f"pages ({listing['throttling_responses']:,} throttling answers)")
-    else:
-        text += "; listing: none"
-    return text
+    images = (retried_text(reads["requests_retried"], reads["images_retried"], "images", reads["throttling_responses"])
+              + f", {reads['images_given_up']:,} still failing after retries"
+              if reads["requests_retried"] or reads["images_given_up"] else "none")
+    pages = (retried_text(listing["requests_retried"], listing["pages_retried"], "pages",
+                          listing["throttling_responses"]) if listing["requests_retried"] else "none")
+    return f"images: {images}; listing: {pages}"
 
 
 def build_summary(
